@@ -1,0 +1,182 @@
+"""User-facing configuration: the runtime's RKLLMParam and per-call sampling parameters.
+
+Field names and meanings follow Rockchip's ``rkllm.h`` so that a board user recognises them;
+defaults follow Rockchip's own demo (greedy ``top_k=1`` with a mild repeat penalty).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Pooling = Literal["last", "mean", "first"]
+EmbeddingStrategy = Literal["plain", "prompteol", "echo"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class RuntimeConfig(_Strict):
+    """Every field of the runtime's ``RKLLMParam`` (and its ``RKLLMExtendParam``).
+
+    The sampling fields here are the defaults of every run; :class:`SamplingParams` overrides
+    them per call. Fields a given runtime family lacks (e.g. ``ignore_eos_token`` before 1.3,
+    ``n_batch`` before 1.2.1) are ignored by the NPU engine with a debug log; the PC engine
+    honours all of them.
+    """
+
+    max_context_len: int = Field(4096, gt=0, le=131072, description="context window in tokens")
+    max_new_tokens: int = Field(256, gt=0, description="cap on generated tokens per run")
+    top_k: int = Field(1, ge=0, description="1 = greedy; 0 = no top-k filter")
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    temperature: float = Field(0.8, ge=0.0)
+    repeat_penalty: float = Field(1.1, gt=0.0)
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    mirostat: Literal[0, 1, 2] = 0
+    mirostat_tau: float = Field(5.0, gt=0.0)
+    mirostat_eta: float = Field(0.1, gt=0.0)
+    n_keep: int = Field(0, ge=0, description="tokens kept at the start when the window shifts")
+    skip_special_token: bool = True
+    ignore_eos_token: bool = False
+    is_async: bool = False
+    img_start: str = ""
+    img_end: str = ""
+    img_content: str = ""
+    # RKLLMExtendParam
+    base_domain_id: int = Field(0, ge=0)
+    embed_flash: bool = False
+    enabled_cpus: tuple[int, ...] = Field(
+        (), description="CPU core indices the runtime may use (empty = runtime default)"
+    )
+    n_batch: int = Field(1, ge=1, le=255)
+    use_cross_attn: bool = False
+
+    @field_validator("enabled_cpus")
+    @classmethod
+    def _check_cpus(cls, cores: tuple[int, ...]) -> tuple[int, ...]:
+        for core in cores:
+            if not 0 <= core < 32:
+                raise ValueError(f"CPU core index {core} is out of range 0..31")
+        if len(set(cores)) != len(cores):
+            raise ValueError(f"enabled_cpus lists a core twice: {cores}")
+        return tuple(sorted(cores))
+
+    @model_validator(mode="after")
+    def _check_window(self) -> RuntimeConfig:
+        if self.n_keep >= self.max_context_len:
+            raise ValueError(
+                f"n_keep ({self.n_keep}) must be smaller than max_context_len"
+                f" ({self.max_context_len})"
+            )
+        return self
+
+    @property
+    def enabled_cpus_mask(self) -> int:
+        """Bit mask of :attr:`enabled_cpus` (CPU0 = 1 << 0), as the runtime expects it."""
+        mask = 0
+        for core in self.enabled_cpus:
+            mask |= 1 << core
+        return mask
+
+    @property
+    def enabled_cpus_num(self) -> int:
+        """Number of enabled CPU cores."""
+        return len(self.enabled_cpus)
+
+
+class SamplingParams(_Strict):
+    """Per-call overrides; ``None`` means "use the RuntimeConfig value"."""
+
+    top_k: int | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    temperature: float | None = Field(None, ge=0.0)
+    repeat_penalty: float | None = Field(None, gt=0.0)
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    mirostat: Literal[0, 1, 2] | None = None
+    mirostat_tau: float | None = Field(None, gt=0.0)
+    mirostat_eta: float | None = Field(None, gt=0.0)
+    max_new_tokens: int | None = Field(None, gt=0)
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _check_stop(cls, stop: object) -> object:
+        if stop is None:
+            return ()
+        if isinstance(stop, str):
+            stop = (stop,)
+        if isinstance(stop, Sequence):
+            for item in stop:
+                if not isinstance(item, str) or not item:
+                    raise ValueError(f"stop strings must be non-empty strings, got {item!r}")
+            return tuple(stop)
+        return stop
+
+    def resolve(self, config: RuntimeConfig) -> ResolvedSampling:
+        """Fill every unset field from ``config``."""
+        values = {name: getattr(self, name) for name in ResolvedSampling.model_fields}
+        for name, value in values.items():
+            if value is None and hasattr(config, name):
+                values[name] = getattr(config, name)
+        return ResolvedSampling(**values)
+
+
+class ResolvedSampling(_Strict):
+    """Sampling parameters with every value decided: what an engine receives."""
+
+    top_k: int
+    top_p: float
+    temperature: float
+    repeat_penalty: float
+    frequency_penalty: float
+    presence_penalty: float
+    mirostat: Literal[0, 1, 2]
+    mirostat_tau: float
+    mirostat_eta: float
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    repeat_last_n: int = 64
+
+    @property
+    def greedy(self) -> bool:
+        """True when sampling reduces to argmax (top_k = 1 or temperature = 0)."""
+        return self.mirostat == 0 and (self.top_k == 1 or self.temperature == 0.0)
+
+
+class EmbeddingConfig(_Strict):
+    """How hidden states become an embedding vector.
+
+    ``strategy``: ``plain`` pools the text's own hidden states; ``prompteol`` wraps the text in
+    :attr:`prompteol_template` and takes the last token (Jiang et al. 2023); ``echo`` repeats the
+    text (:attr:`echo_template`) and pools over the second copy (Springer et al. 2024).
+    """
+
+    strategy: EmbeddingStrategy = "prompteol"
+    pooling: Pooling = "last"
+    normalize: bool = True
+    query_instruction: str = ""
+    prompteol_template: str = 'This sentence : "{text}" means in one word:"'
+    echo_template: str = "Rewrite the sentence: {text}\nRewritten sentence: {text}"
+    max_tokens: int | None = Field(None, gt=0, description="truncate texts to this many tokens")
+    batch_size: int = Field(8, ge=1)
+
+    @field_validator("prompteol_template")
+    @classmethod
+    def _has_one_slot(cls, template: str) -> str:
+        if template.count("{text}") != 1:
+            raise ValueError("prompteol_template must contain '{text}' exactly once")
+        return template
+
+    @field_validator("echo_template")
+    @classmethod
+    def _has_two_slots(cls, template: str) -> str:
+        if template.count("{text}") != 2:
+            raise ValueError("echo_template must contain '{text}' exactly twice")
+        return template
