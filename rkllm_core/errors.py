@@ -67,3 +67,20 @@ class DownloadError(RKLLMError, RuntimeError):
 
 class ToolCallParseError(RKLLMError, ValueError):
     """The model's output announced a tool call that is not valid JSON."""
+
+
+class BuildConfigError(ConfigError):
+    """An argument of the toolkit's ``build()`` (dtype, platform, group size, context,
+    calibration dataset …) is invalid; the message says what the platform or model accepts."""
+
+
+class QuantizationError(RKLLMError, RuntimeError):
+    """Calibration or quantization of a model failed (e.g. non-finite activations)."""
+
+
+class ExportError(RKLLMError, RuntimeError):
+    """The toolkit could not export a model (nothing is left half-written)."""
+
+
+class UnsupportedFeatureError(RKLLMError, NotImplementedError):
+    """The loaded runtime (its ABI family) or engine does not offer the requested feature."""
