@@ -1,1 +1,80 @@
-"""rkllm-py core: one model API over Rockchip's RKLLM runtime (NPU) and a PC engine."""
+"""rkllm-py core: one model API over Rockchip's RKLLM runtime (NPU) and a PC engine.
+
+>>> from rkllm_core import RKLLMModel, RuntimeConfig
+>>> with RKLLMModel("smollm2", RuntimeConfig(max_context_len=2048)) as m:
+...     print(m.generate([{"role": "user", "content": "Hi"}]).text)
+
+Nothing here imports torch: the PC engine is loaded only when a PC model is opened.
+"""
+
+from .chat import ChatRenderer, normalize_messages
+from .config import EmbeddingConfig, ResolvedSampling, RuntimeConfig, SamplingParams
+from .engine import (
+    ChatTemplateParts,
+    Engine,
+    EngineInfo,
+    InferMode,
+    PerfStats,
+)
+from .errors import (
+    AbortedError,
+    ConfigError,
+    ContextLengthError,
+    DownloadError,
+    EngineUnavailableError,
+    GenerationError,
+    ModelClosedError,
+    ModelFormatError,
+    ModelNotFoundError,
+    RKLLMError,
+    RuntimeLibraryError,
+    RuntimeVersionError,
+    ToolCallParseError,
+)
+from .model import AsyncTokenStream, RKLLMModel, TokenStream, shared_model
+from .models import KNOWN_MODELS, cache_dir, fetch_model
+from .results import GenerationResult, InvalidToolCall, StreamChunk, ToolCall, Usage
+from .tools import parse_tool_calls
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbortedError",
+    "AsyncTokenStream",
+    "ChatRenderer",
+    "ChatTemplateParts",
+    "ConfigError",
+    "ContextLengthError",
+    "DownloadError",
+    "EmbeddingConfig",
+    "Engine",
+    "EngineInfo",
+    "EngineUnavailableError",
+    "GenerationError",
+    "GenerationResult",
+    "InferMode",
+    "InvalidToolCall",
+    "KNOWN_MODELS",
+    "ModelClosedError",
+    "ModelFormatError",
+    "ModelNotFoundError",
+    "PerfStats",
+    "RKLLMError",
+    "RKLLMModel",
+    "ResolvedSampling",
+    "RuntimeConfig",
+    "RuntimeLibraryError",
+    "RuntimeVersionError",
+    "SamplingParams",
+    "StreamChunk",
+    "TokenStream",
+    "ToolCall",
+    "ToolCallParseError",
+    "Usage",
+    "__version__",
+    "cache_dir",
+    "fetch_model",
+    "normalize_messages",
+    "parse_tool_calls",
+    "shared_model",
+]

@@ -120,7 +120,7 @@ class SamplingParams(_Strict):
 
     def resolve(self, config: RuntimeConfig) -> ResolvedSampling:
         """Fill every unset field from ``config``."""
-        values = {name: getattr(self, name) for name in ResolvedSampling.model_fields}
+        values = {name: getattr(self, name) for name in SamplingParams.model_fields}
         for name, value in values.items():
             if value is None and hasattr(config, name):
                 values[name] = getattr(config, name)

@@ -1,0 +1,198 @@
+"""One worker thread per model: requests run one at a time, in arrival order.
+
+Each request is a :class:`Job` whose events flow through its own channel (a thread queue, or
+an asyncio queue fed with ``call_soon_threadsafe`` so the event loop never blocks). A job can
+be cancelled by its owner at any time: before it starts it is skipped, while it runs the
+engine is asked to stop before the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from .engine import Engine, ErrorEvent, Event, FinishEvent, Request
+from .errors import ModelClosedError
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[object], None]
+
+
+class Handler(Protocol):
+    """Turns engine events into what the caller consumes (and decides when to stop)."""
+
+    def on_event(self, event: Event) -> bool:
+        """Handle a non-terminal event; return False to stop the engine."""
+        ...
+
+    def on_finish(self, event: FinishEvent | ErrorEvent) -> None:
+        """Handle the terminal event (called exactly once)."""
+        ...
+
+
+class Job:
+    """A queued request and the handler that receives its events."""
+
+    _ids = itertools.count()
+
+    def __init__(self, request: Request, handler: Handler) -> None:
+        self.id = next(self._ids)
+        self.request = request
+        self.handler = handler
+        self.cancelled = threading.Event()
+        self.finished = threading.Event()
+
+    def emit(self, event: Event) -> bool:
+        """Sink protocol: called on the worker thread by the engine."""
+        if self.finished.is_set():
+            return False
+        if isinstance(event, (FinishEvent, ErrorEvent)):
+            self.finished.set()
+            self.handler.on_finish(event)
+            return False
+        if self.cancelled.is_set():
+            return False
+        return self.handler.on_event(event) and not self.cancelled.is_set()
+
+
+class CallJob:
+    """A plain function to run on the worker thread in queue order (cache clears, LoRA…)."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.value: object = None
+        self.error: BaseException | None = None
+        self.cancelled = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.value = self.fn()
+        except BaseException as exc:  # carried to the caller
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def wait(self) -> object:
+        """Block until run; return its value or raise its error."""
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class Worker:
+    """Runs jobs on a single daemon thread against one engine."""
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self._engine = engine
+        self._queue: queue.Queue[Job | CallJob | None] = queue.Queue()
+        self._current: Job | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"rkllm-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job | CallJob) -> None:
+        """Queue a job (FIFO)."""
+        with self._lock:
+            if self._closed:
+                raise ModelClosedError("the model is closed; create a new RKLLMModel")
+            self._queue.put(job)
+
+    def run_call(self, fn: Callable[[], object]) -> object:
+        """Run ``fn`` on the worker thread after the queued requests; return its value."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        call = CallJob(fn)
+        self.submit(call)
+        return call.wait()
+
+    def cancel(self, job: Job) -> None:
+        """Cancel ``job``: skipped if queued, stopped within one token if running."""
+        job.cancelled.set()
+        with self._lock:
+            running = self._current is job
+        if running:
+            self._engine.abort()
+
+    def abort_current(self) -> None:
+        """Cancel whatever job is running now."""
+        with self._lock:
+            job = self._current
+        if job is not None:
+            self.cancel(job)
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if isinstance(job, CallJob):
+                job.run()
+                continue
+            if job.cancelled.is_set():
+                job.emit(FinishEvent("abort"))
+                continue
+            with self._lock:
+                self._current = job
+            try:
+                if job.cancelled.is_set():  # cancelled between the check and taking the lock
+                    job.emit(FinishEvent("abort"))
+                    continue
+                self._engine.run(job.request, job)
+            except BaseException as exc:  # an engine bug must not kill the worker
+                log.exception("engine failed")
+                job.emit(ErrorEvent(exc))
+            finally:
+                with self._lock:
+                    self._current = None
+                if not job.finished.is_set():
+                    job.emit(ErrorEvent(RuntimeError("the engine ended without a finish event")))
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Cancel queued and running jobs, stop the thread; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        while True:
+            try:
+                pending = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(pending, CallJob):
+                pending.error = ModelClosedError("the model was closed")
+                pending.done.set()
+            elif pending is not None:
+                pending.cancelled.set()
+                pending.emit(ErrorEvent(ModelClosedError("the model was closed")))
+        self.abort_current()
+        self._queue.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+
+def thread_channel() -> tuple[queue.SimpleQueue[object], Deliver]:
+    """A blocking channel for synchronous iteration."""
+    q: queue.SimpleQueue[object] = queue.SimpleQueue()
+    return q, q.put
+
+
+def async_channel(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Queue[object], Deliver]:
+    """An asyncio channel fed from the worker thread without blocking the loop."""
+    q: asyncio.Queue[object] = asyncio.Queue()
+
+    def deliver(event: object) -> None:
+        try:
+            loop.call_soon_threadsafe(q.put_nowait, event)
+        except RuntimeError:  # the loop was closed: nobody is listening any more
+            pass
+
+    return q, deliver
