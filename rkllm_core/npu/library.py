@@ -194,13 +194,10 @@ def exported_symbols(path: str | os.PathLike[str]) -> frozenset[str]:
         for i in range(shnum):
             off = shoff + i * shentsize
             if is64:
-                _, sh_type, _, _, sh_offset, sh_size, sh_link, _, _, sh_entsize = struct.unpack_from(
-                    end + "IIQQQQIIQQ", data, off
-                )
+                fields = struct.unpack_from(end + "IIQQQQIIQQ", data, off)
             else:
-                _, sh_type, _, _, sh_offset, sh_size, sh_link, _, _, sh_entsize = struct.unpack_from(
-                    end + "IIIIIIIIII", data, off
-                )
+                fields = struct.unpack_from(end + "IIIIIIIIII", data, off)
+            _, sh_type, _, _, sh_offset, sh_size, sh_link, _, _, sh_entsize = fields
             sections.append((sh_type, sh_offset, sh_size, sh_link, sh_entsize))
         names: set[str] = set()
         for sh_type, sh_offset, sh_size, sh_link, sh_entsize in sections:
@@ -320,20 +317,23 @@ class RuntimeLibrary:
         return self.identity.spec
 
 
+def open_runtime(identity: LibraryIdentity) -> RuntimeLibrary:
+    """dlopen an identified library with its family's declarations."""
+    ffi = ffi_for(identity.family)
+    try:
+        lib = ffi.dlopen(str(identity.path))
+    except OSError as exc:
+        raise RuntimeLibraryError(
+            f"cannot load {identity.path} ({exc}); it must be the aarch64 build of librkllmrt.so"
+            f" and its dependencies (libgomp, librknnrt on older releases) must be installed"
+        ) from exc
+    log.info("loaded %s: RKLLM runtime %s, ABI family %s (%s)", identity.path,
+             identity.sdk_version, identity.family, identity.reason)
+    return RuntimeLibrary(identity, ffi, lib)
+
+
 def load_runtime(
     library: str | os.PathLike[str] | None = None, family: str | None = None
 ) -> RuntimeLibrary:
     """Find, identify and dlopen the runtime; every failure is a typed error with the fix."""
-    path = find_library(library)
-    identity = identify(path, family)
-    ffi = ffi_for(identity.family)
-    try:
-        lib = ffi.dlopen(str(path))
-    except OSError as exc:
-        raise RuntimeLibraryError(
-            f"cannot load {path} ({exc}); it must be the aarch64 build of librkllmrt.so and its"
-            f" dependencies (libgomp, librknnrt on older releases) must be installed"
-        ) from exc
-    log.info("loaded %s: RKLLM runtime %s, ABI family %s (%s)", path, identity.sdk_version,
-             identity.family, identity.reason)
-    return RuntimeLibrary(identity, ffi, lib)
+    return open_runtime(identify(find_library(library), family))

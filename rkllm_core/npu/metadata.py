@@ -30,7 +30,7 @@ MASK_KEY = bytes.fromhex(
     "b35ee057ce29d0050d7c3a2cca34e40ceb04d55239c04633789626db38272b63"
     "f9efd3b924e59c48434f8a0ebdf75a67aa7941c2ab533eb72adcc51a0840ddc6"
 )
-RKLLM_MAGIC = bytes(a ^ b for a, b in zip(b"GGUF", MASK_KEY))  # DA EE B3 36
+RKLLM_MAGIC = bytes(a ^ b for a, b in zip(b"GGUF", MASK_KEY[:4], strict=True))  # DA EE B3 36
 
 # GGUF value types.
 U8, I8, U16, I16, U32, I32, F32, BOOL, STRING, ARRAY, U64, I64, F64 = range(13)
@@ -175,7 +175,7 @@ class RKLLMMetadata:
 class _Reader:
     """Bounds-checked little-endian reads; every overrun is a ModelFormatError naming where."""
 
-    __slots__ = ("buf", "pos", "path", "what")
+    __slots__ = ("buf", "path", "pos", "what")
 
     def __init__(self, buf: bytes | mmap.mmap, path: Path) -> None:
         self.buf = buf

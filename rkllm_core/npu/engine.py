@@ -1,0 +1,972 @@
+"""NPUEngine: Rockchip's ``librkllmrt.so`` behind the :class:`rkllm_core.engine.Engine` seam.
+
+One instance owns one runtime handle. ``run`` fills the ABI structs of the detected family,
+calls ``rkllm_run`` (or ``rkllm_run_async`` and waits for FINISH when ``is_async``) and turns
+the runtime's callbacks into events. The callback never raises into C: exceptions are kept and
+reported after the run, WAITING states are joined so text never breaks inside a UTF-8
+character, and hidden states / logits are copied before the callback returns.
+"""
+
+from __future__ import annotations
+
+import codecs
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import ResolvedSampling, RuntimeConfig
+from ..engine import (
+    ChatTemplateParts,
+    EmbedInput,
+    EngineInfo,
+    ErrorEvent,
+    FinishEvent,
+    FinishReason,
+    HiddenStateEvent,
+    InferMode,
+    LogitsEvent,
+    MultimodalInput,
+    PerfStats,
+    PromptInput,
+    Request,
+    RequestInput,
+    Sink,
+    TokenBatchInput,
+    TokenEvent,
+    TokenInput,
+)
+from ..errors import (
+    ConfigError,
+    ContextLengthError,
+    GenerationError,
+    ModelClosedError,
+    ModelNotFoundError,
+    RuntimeLibraryError,
+    UnsupportedFeatureError,
+)
+from .checks import Check, board_platform, check_model_file, model_checks, system_checks
+from .library import RuntimeLibrary, find_library, identify, open_runtime
+from .metadata import RKLLMMetadata
+from .tokenizer import NPUTokenizer, from_huggingface, from_metadata
+
+log = logging.getLogger(__name__)
+
+_NORMAL, _WAITING, _FINISH, _ERROR, _HIDDEN_11 = 0, 1, 2, 3, 4
+_CONTINUE, _PAUSE, _RELEASE = 0, 1, 2
+# After a stop was requested, how long to wait for the runtime's FINISH before reporting the
+# end ourselves (a paused or aborted task may never call back again).
+_STOP_GRACE_S = 2.0
+# How long close() waits for a running task to end before destroying the handle.
+_CLOSE_WAIT_S = 5.0
+
+
+class _Run:
+    """State of one rkllm_run, shared by the caller's thread and the callback's thread."""
+
+    __slots__ = (
+        "abort_thread",
+        "completion",
+        "decoder",
+        "done",
+        "error",
+        "finished",
+        "id",
+        "keep",
+        "limit",
+        "mode",
+        "payloads",
+        "pending",
+        "perf",
+        "runtime_error",
+        "sink",
+        "stop_kind",
+        "stop_time",
+    )
+
+    def __init__(self, run_id: int, sink: Sink, mode: InferMode, limit: int | None) -> None:
+        self.id = run_id
+        self.sink = sink
+        self.mode = mode
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.pending = b""
+        self.stop_kind: str | None = None  # "sink" | "abort" | "limit" | "error"
+        self.error: BaseException | None = None
+        self.runtime_error = False
+        self.finished = False
+        self.done = threading.Event()
+        self.perf: PerfStats | None = None
+        self.completion = 0
+        self.limit = limit
+        self.payloads = 0
+        self.keep: list[Any] = []
+        self.abort_thread: threading.Thread | None = None
+        self.stop_time = 0.0
+
+
+class _Dispatcher:
+    """The C callback's Python side. It holds no reference to the engine, so an engine that is
+    dropped without close() can still be collected (and its handle destroyed by a finalizer)."""
+
+    def __init__(self, runtime: RuntimeLibrary, handle: _Handle) -> None:
+        self.ffi = runtime.ffi
+        self.spec = runtime.spec
+        self.handle = handle
+        self.current: _Run | None = None
+        self.returns_int = runtime.spec.callback_returns_int
+        self.release_after_copy = runtime.spec.sampling_per_run  # 1.3 understands return 2
+
+    def request_stop(self, run: _Run, kind: str) -> None:
+        if run.stop_kind is None:
+            run.stop_kind = kind
+            run.stop_time = time.monotonic()
+        if not self.returns_int and run.abort_thread is None:
+            # Families 1.1/1.2.0 cannot pause through the return value: abort from a helper
+            # thread, because calling rkllm_abort inside its own callback may deadlock.
+            t = threading.Thread(target=self._abort_if_current, args=(run,), daemon=True)
+            run.abort_thread = t
+            t.start()
+
+    def _abort_if_current(self, run: _Run) -> None:
+        if self.current is run and not run.done.is_set():
+            self.handle.abort()
+
+    def on_result(self, result: Any, userdata: Any, state: int) -> int:
+        ffi = self.ffi
+        run = self.current
+        if run is None or int(ffi.cast("intptr_t", userdata)) != run.id:
+            return _PAUSE  # a late callback of a run that already ended
+        try:
+            return self._handle(run, result, state)
+        except BaseException as exc:
+            if run.error is None:
+                run.error = exc
+            self.request_stop(run, "error")
+            if self.returns_int:
+                run.done.set()
+            return _PAUSE
+
+    def _handle(self, run: _Run, result: Any, state: int) -> int:
+        ffi = self.ffi
+        if state == _FINISH:
+            if self.spec.perf and result != ffi.NULL:
+                p = result.perf
+                run.perf = PerfStats(
+                    float(p.prefill_time_ms), int(p.prefill_tokens), float(p.generate_time_ms),
+                    int(p.generate_tokens), float(p.memory_usage_mb),
+                )
+            run.finished = True
+            run.done.set()
+            return _CONTINUE
+        if state == _ERROR:
+            run.runtime_error = True
+            run.done.set()
+            return _CONTINUE
+        if run.stop_kind is not None:
+            if self.returns_int:
+                run.done.set()  # a paused task calls back no more
+            return _PAUSE
+        if result == ffi.NULL:
+            return _CONTINUE
+        if run.mode != InferMode.GENERATE:
+            return self._payload(run, result, state)
+        if state != _NORMAL and state != _WAITING:
+            return _CONTINUE
+        text_ptr = result.text
+        raw = ffi.string(text_ptr) if text_ptr != ffi.NULL else b""
+        if state == _WAITING:
+            # The bytes end inside a UTF-8 character. Runtimes either re-send them with the
+            # next token or send only the rest; a continuation byte can never start the rest,
+            # so "the next text starts with the pending bytes" tells which one happened.
+            pending = run.pending
+            run.pending = raw if pending and raw.startswith(pending) else pending + raw
+            text = ""
+        else:
+            pending = run.pending
+            if pending:
+                raw = raw if raw.startswith(pending) else pending + raw
+                run.pending = b""
+            text = run.decoder.decode(raw)
+        run.completion += 1
+        if not run.sink.emit(TokenEvent(text, int(result.token_id))):
+            self.request_stop(run, "sink")
+            return _PAUSE
+        if run.limit is not None and run.completion >= run.limit:
+            self.request_stop(run, "limit")
+            return _PAUSE
+        return _CONTINUE
+
+    def _payload(self, run: _Run, result: Any, state: int) -> int:
+        ffi = self.ffi
+        arr: np.ndarray | None = None
+        if run.mode == InferMode.LAST_HIDDEN_LAYER:
+            if state not in (_NORMAL, _HIDDEN_11):
+                return _CONTINUE
+            lh = result.last_hidden_layer
+            n, d = int(lh.num_tokens), int(lh.embd_size)
+            if lh.hidden_states != ffi.NULL and n > 0 and d > 0:
+                # Copy now: the runtime frees this buffer when the callback returns.
+                arr = np.frombuffer(ffi.buffer(lh.hidden_states, 4 * n * d), np.float32)
+                event: Any = HiddenStateEvent(arr.reshape(n, d).copy())
+        elif run.mode == InferMode.LOGITS and self.spec.logits and state == _NORMAL:
+            lg = result.logits
+            n, v = int(lg.num_tokens), int(lg.vocab_size)
+            if lg.logits != ffi.NULL and n > 0 and v > 0:
+                arr = np.frombuffer(ffi.buffer(lg.logits, 4 * n * v), np.float32)
+                event = LogitsEvent(arr.reshape(n, v).copy())
+        if arr is None:
+            return _CONTINUE
+        run.payloads += 1
+        if not run.sink.emit(event):
+            self.request_stop(run, "sink")
+            return _PAUSE
+        return _RELEASE if self.release_after_copy else _CONTINUE
+
+
+class _Handle:
+    """Owns the runtime handle: destroyed exactly once (close, garbage collection or exit)."""
+
+    def __init__(self, runtime: RuntimeLibrary) -> None:
+        self.runtime = runtime
+        self.lib: Any = runtime.lib
+        self.ptr: Any = None
+        self.lock = threading.Lock()
+        self.destroyed = False
+        self.idle = threading.Event()
+        self.idle.set()
+        self.keepalive: list[Any] = []
+
+    def abort(self) -> None:
+        ptr = self.ptr
+        if ptr is not None and not self.destroyed:
+            rc = self.lib.rkllm_abort(ptr)
+            if rc != 0:
+                log.warning("rkllm_abort returned %d", rc)
+
+    def destroy(self) -> None:
+        with self.lock:
+            if self.destroyed or self.ptr is None:
+                self.destroyed = True
+                return
+            self.destroyed = True
+            ptr = self.ptr
+        if not self.idle.is_set():
+            self.lib.rkllm_abort(ptr)
+            if not self.idle.wait(_CLOSE_WAIT_S):
+                # Destroying under a running task crashes the process; leaking is the lesser evil.
+                log.warning("a run did not end within %.0f s; the NPU handle is not destroyed",
+                            _CLOSE_WAIT_S)
+                return
+        rc = self.lib.rkllm_destroy(ptr)
+        self.ptr = None
+        if rc != 0:
+            log.warning("rkllm_destroy returned %d", rc)
+
+
+_LIVE_HANDLES: weakref.WeakSet[_Handle] = weakref.WeakSet()
+
+
+def _abort_all_at_exit() -> None:
+    # Runs before the interpreter joins non-daemon threads: a worker blocked in rkllm_run
+    # (e.g. after Ctrl-C in the main thread) would otherwise keep the process alive.
+    for handle in list(_LIVE_HANDLES):
+        if not handle.idle.is_set():
+            handle.abort()
+
+
+try:  # private but stable since 3.9; concurrent.futures relies on it
+    threading._register_atexit(_abort_all_at_exit)  # type: ignore[attr-defined]
+except (AttributeError, RuntimeError):  # pragma: no cover
+    import atexit
+
+    atexit.register(_abort_all_at_exit)
+
+
+class NPUEngine:
+    """A ``.rkllm`` model on the NPU through ``librkllmrt.so``.
+
+    Args:
+        model_path: the ``.rkllm`` file.
+        config: every ``RKLLMParam`` field (fields the family lacks are ignored, logged).
+        library: path of ``librkllmrt.so`` (else ``$RKLLM_LIBRARY``, ``$LD_LIBRARY_PATH``,
+            the system library directories).
+        family: force the ABI family (``"1.2.1"``) or release (``"1.2.2"``) instead of
+            detecting it; also ``$RKLLM_RUNTIME_FAMILY``.
+        tokenizer: a Hugging Face tokenizer directory or ``tokenizer.json``; default: the
+            tokenizer stored in the model file, if any.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        config: RuntimeConfig,
+        *,
+        library: str | None = None,
+        family: str | None = None,
+        tokenizer: str | None = None,
+    ) -> None:
+        if not isinstance(config, RuntimeConfig):
+            raise ConfigError("config must be a RuntimeConfig")
+        self.config = config
+        self._closed = False
+        self._ids = itertools.count(1)
+        self._warned: set[str] = set()
+        self._loras: set[str] = set()
+        self._raw_prompt = False
+        self._current_max = config.max_new_tokens
+        self._cross_attn: tuple[Any, ...] | None = None
+
+        lib_path = find_library(library)
+        identity = identify(lib_path, family)
+        self.meta: RKLLMMetadata = check_model_file(model_path)
+        self.checks: list[Check] = model_checks(
+            self.meta, config, identity.sdk_version, board=board_platform()
+        )
+        self.checks += system_checks(identity.sdk_version)
+        self.runtime = open_runtime(identity)
+        self.family = self.runtime.family
+        self.spec = self.runtime.spec
+        self._ffi = self.runtime.ffi
+        self._lib: Any = self.runtime.lib
+
+        self._handle = _Handle(self.runtime)
+        self._dispatcher = _Dispatcher(self.runtime, self._handle)
+        self._init_handle(model_path)
+        _LIVE_HANDLES.add(self._handle)
+        self._finalizer = weakref.finalize(self, self._handle.destroy)
+
+        if self.spec.chat_template:
+            # The model layer renders chat templates itself: make the runtime add nothing.
+            self._call("rkllm_set_chat_template", self._handle.ptr, b"", b"", b"")
+            self._raw_prompt = True
+        self.tokenizer: NPUTokenizer | None = self._load_tokenizer(tokenizer)
+        if not self.spec.chat_template and self.tokenizer is None:
+            log.warning(
+                "RKLLM runtime family 1.1 always wraps text prompts in the model's built-in chat"
+                " template and has no call to turn it off; prompts rendered by rkllm-py get a"
+                " template twice. Pass tokenizer=<HF tokenizer dir> so prompts are sent as"
+                " tokens, or upgrade the runtime to 1.2+"
+            )
+        self.info = self._make_info(model_path)
+
+    # --- construction ----------------------------------------------------------------------
+
+    def _init_handle(self, model_path: str) -> None:
+        ffi, lib, spec, cfg = self._ffi, self._lib, self.spec, self.config
+        param = ffi.new("RKLLMParam*", lib.rkllm_createDefaultParam())
+        keep = self._handle.keepalive
+        path_c = ffi.new("char[]", os.fsencode(os.path.abspath(model_path)))
+        keep.append(path_c)
+        param.model_path = path_c
+        param.max_context_len = cfg.max_context_len
+        param.max_new_tokens = cfg.max_new_tokens
+        param.top_k = cfg.top_k
+        param.top_p = cfg.top_p
+        param.temperature = cfg.temperature
+        param.repeat_penalty = cfg.repeat_penalty
+        param.frequency_penalty = cfg.frequency_penalty
+        param.presence_penalty = cfg.presence_penalty
+        param.mirostat = cfg.mirostat
+        param.mirostat_tau = cfg.mirostat_tau
+        param.mirostat_eta = cfg.mirostat_eta
+        param.skip_special_token = cfg.skip_special_token
+        param.is_async = cfg.is_async
+        ignored = []
+        if spec.n_keep:
+            param.n_keep = cfg.n_keep
+        elif cfg.n_keep:
+            ignored.append("n_keep")
+        if spec.ignore_eos_token:
+            param.ignore_eos_token = cfg.ignore_eos_token
+        elif cfg.ignore_eos_token:
+            ignored.append("ignore_eos_token")
+        if spec.img_fields_in_param:
+            for name in ("img_start", "img_end", "img_content"):
+                s = ffi.new("char[]", getattr(cfg, name).encode())
+                keep.append(s)
+                setattr(param, name, s)
+        ext = param.extend_param
+        ffi.memmove(ffi.addressof(ext), b"\0" * ffi.sizeof("RKLLMExtendParam"),
+                    ffi.sizeof("RKLLMExtendParam"))
+        ext.base_domain_id = cfg.base_domain_id
+        if spec.extend_cpus:
+            ext.embed_flash = int(cfg.embed_flash)
+            ext.enabled_cpus_num = cfg.enabled_cpus_num
+            ext.enabled_cpus_mask = cfg.enabled_cpus_mask
+        else:
+            ignored += [n for n in ("embed_flash", "enabled_cpus") if getattr(cfg, n)]
+        if spec.extend_batch:
+            ext.n_batch = cfg.n_batch
+            ext.use_cross_attn = int(cfg.use_cross_attn)
+        else:
+            if cfg.n_batch != 1:
+                ignored.append("n_batch")
+            if cfg.use_cross_attn:
+                ignored.append("use_cross_attn")
+        if ignored:
+            log.warning("RKLLM runtime family %s has no %s; ignored", self.family,
+                        ", ".join(ignored))
+        self._param = param
+        keep.append(param)
+
+        ctype = "int(*)(RKLLMResult*, void*, LLMCallState)" if spec.callback_returns_int else \
+            "void(*)(RKLLMResult*, void*, LLMCallState)"
+        on_result = self._dispatcher.on_result
+        if spec.callback_returns_int:
+            cb = ffi.callback(ctype, on_result, error=_PAUSE)
+        else:
+            def on_result_void(result: Any, userdata: Any, state: int) -> None:
+                on_result(result, userdata, state)
+            cb = ffi.callback(ctype, on_result_void)
+        keep.append(cb)
+        handle_p = ffi.new("LLMHandle*")
+        if spec.callback_struct:
+            cbs = ffi.new("RKLLMCallback*")
+            cbs.result_callback = cb
+            keep.append(cbs)
+            rc = lib.rkllm_init(handle_p, param, cbs)
+        else:
+            rc = lib.rkllm_init(handle_p, param, cb)
+        if rc != 0:
+            raise RuntimeLibraryError(
+                f"rkllm_init failed (returned {rc}) for {model_path} with RKLLM runtime"
+                f" {self.runtime.identity.sdk_version} (family {self.family}); the runtime"
+                f" printed its reason on stderr (lines starting 'E rkllm:'). Common causes: not"
+                f" enough memory for max_context_len={self.config.max_context_len}, a model"
+                f" converted for another platform, an NPU driver older than 0.9.8"
+            )
+        self._handle.ptr = handle_p[0]
+
+    def _load_tokenizer(self, tokenizer: str | None) -> NPUTokenizer | None:
+        if tokenizer:
+            return from_huggingface(tokenizer)
+        return from_metadata(self.meta)
+
+    def _make_info(self, model_path: str) -> EngineInfo:
+        m = self.meta
+        ident = self.runtime.identity
+        return EngineInfo(
+            backend="npu",
+            model_path=str(model_path),
+            model_name=Path(model_path).stem,
+            family=self.family,
+            architecture=m.architecture,
+            context_length=self.config.max_context_len,
+            hidden_size=m.hidden_size,
+            vocab_size=m.vocab_size,
+            num_layers=m.num_layers,
+            platform=m.platform,
+            quantization=str(m.get("general.file_type")) if m.get("general.file_type") is not None
+            else None,
+            tokenizer=self.tokenizer.source if self.tokenizer else None,
+            chat_template=m.chat_template,
+            template_parts=m.template_parts,
+            bos_token=m.token_text("tokenizer.ggml.bos_token_id"),
+            eos_token=m.token_text("tokenizer.ggml.eos_token_id"),
+            extra={
+                "runtime_version": ident.sdk_version,
+                "runtime_library": str(ident.path),
+                "family_reason": ident.reason,
+                "toolkit_version": m.toolkit_version,
+                "model_max_context": m.max_context,
+                "raw_prompt": self._raw_prompt or self.tokenizer is not None,
+                "supports_keep_history": self.family != "1.1",
+                "per_run_sampling": self.spec.sampling_per_run,
+                "checks": [(c.name, c.status, c.detail) for c in self.checks],
+            },
+        )
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ModelClosedError("the NPU engine is closed")
+
+    def _call(self, name: str, *args: Any) -> int:
+        """Call a runtime function; a non-zero return becomes RuntimeLibraryError."""
+        self._check_open()
+        rc = int(getattr(self._lib, name)(*args))
+        if rc != 0:
+            raise RuntimeLibraryError(f"{name} returned {rc}; see the runtime's stderr output")
+        return rc
+
+    def _need(self, feature: str, ok: bool, since: str) -> None:
+        if not ok:
+            raise UnsupportedFeatureError(
+                f"{feature} needs RKLLM runtime {since} or newer; the loaded runtime is"
+                f" {self.runtime.identity.sdk_version} (family {self.family})"
+            )
+
+    def _warn_once(self, key: str, msg: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(msg, *args)
+
+    # --- running ---------------------------------------------------------------------------
+
+    def run(self, request: Request, sink: Sink) -> None:
+        """Run ``request`` to its end; emits tokens / states, then one Finish or Error event."""
+        try:
+            self._check_open()
+            if isinstance(request.input, TokenBatchInput):
+                self._run_batch(request, sink)
+            else:
+                self._run_single(request, request.input, sink)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            _emit_quietly(sink, ErrorEvent(exc))
+            raise
+        except Exception as exc:
+            if not _emit_quietly(sink, ErrorEvent(exc)):
+                raise
+
+    def _run_batch(self, request: Request, sink: Sink) -> None:
+        if request.mode == InferMode.GENERATE:
+            raise ConfigError("TokenBatchInput is for hidden-state or logits modes only")
+        total = PerfStats()
+        prompt_tokens = 0
+        for seq in request.input.sequences:  # type: ignore[union-attr]
+            # One task per sequence: every family supports it, and n_batch > 1 batching is
+            # a generation feature whose input layout the public headers do not describe.
+            run, end = self._execute(request, TokenInput(tuple(seq)), sink)
+            if isinstance(end, ErrorEvent):
+                sink.emit(end)
+                return
+            prompt_tokens += end.prompt_tokens
+            total = _add_perf(total, end.perf)
+            if end.reason == "abort" or run.stop_kind == "sink":
+                sink.emit(FinishEvent(end.reason, total, prompt_tokens, 0))
+                return
+        sink.emit(FinishEvent("stop", total, prompt_tokens, 0))
+
+    def _run_single(self, request: Request, item: RequestInput, sink: Sink) -> None:
+        _, end = self._execute(request, item, sink)
+        sink.emit(end)
+
+    def _execute(
+        self, request: Request, item: RequestInput, sink: Sink
+    ) -> tuple[_Run, FinishEvent | ErrorEvent]:
+        spec = self.spec
+        if request.mode == InferMode.LOGITS:
+            self._need("logits mode", spec.logits, "1.2.0")
+        if isinstance(item, PromptInput) and not spec.chat_template and self.tokenizer:
+            item = TokenInput(tuple(self.tokenizer.encode(item.text)))
+        prompt_count = self._prompt_tokens(item)
+        if prompt_count is not None and prompt_count > self.config.max_context_len:
+            raise ContextLengthError(prompt_count, self.config.max_context_len)
+        limit = self._limit(request.sampling)
+        run = _Run(next(self._ids), sink, request.mode, limit)
+        rk_input = self._build_input(item, request, run.keep)
+        infer = self._build_infer(request, run.keep)
+        userdata = self._ffi.cast("void*", run.id)
+        handle = self._handle
+        use_async = self.config.is_async
+        handle.idle.clear()
+        self._dispatcher.current = run
+        try:
+            if use_async:
+                rc = int(self._lib.rkllm_run_async(handle.ptr, rk_input, infer, userdata))
+                if rc == 0:
+                    self._wait(run)
+            else:
+                rc = int(self._lib.rkllm_run(handle.ptr, rk_input, infer, userdata))
+        finally:
+            if run.abort_thread is not None:
+                run.abort_thread.join()
+            self._dispatcher.current = None
+            handle.idle.set()
+        return run, self._end_event(run, rc, prompt_count, "rkllm_run_async" if use_async
+                                    else "rkllm_run")
+
+    def _wait(self, run: _Run) -> None:
+        while not run.done.wait(0.05):
+            if run.stop_kind is not None and time.monotonic() - run.stop_time > _STOP_GRACE_S:
+                log.debug("no FINISH %.1f s after stopping run %d", _STOP_GRACE_S, run.id)
+                return
+
+    def _end_event(
+        self, run: _Run, rc: int, prompt_count: int | None, fn: str
+    ) -> FinishEvent | ErrorEvent:
+        if run.error is not None:
+            if isinstance(run.error, (KeyboardInterrupt, SystemExit)):
+                raise run.error
+            return ErrorEvent(run.error)
+        if run.runtime_error:
+            return ErrorEvent(GenerationError(
+                "the RKLLM runtime reported an error during the run (RKLLM_RUN_ERROR); its"
+                " reason is on stderr (lines starting 'E rkllm:'), often a prompt longer than"
+                f" max_context_len={self.config.max_context_len}"
+            ))
+        if rc != 0 and run.stop_kind is None:
+            return ErrorEvent(GenerationError(f"{fn} returned {rc}; see the runtime's stderr"))
+        # Flush a character left incomplete at the end (shown as U+FFFD, never dropped).
+        tail = run.decoder.decode(run.pending, final=True)
+        run.pending = b""
+        if tail and run.stop_kind is None:
+            run.sink.emit(TokenEvent(tail, -1))
+        if run.mode != InferMode.GENERATE and run.payloads == 0 and run.stop_kind is None:
+            what = "hidden states" if run.mode == InferMode.LAST_HIDDEN_LAYER else "logits"
+            return ErrorEvent(GenerationError(f"the runtime finished without returning {what}"))
+        perf = run.perf or PerfStats()
+        prompt_tokens = perf.prefill_tokens if run.perf and perf.prefill_tokens else \
+            (prompt_count or 0)
+        completion = perf.decode_tokens if run.perf and perf.decode_tokens else run.completion
+        reason: FinishReason
+        if run.stop_kind == "abort":
+            reason = "abort"
+        elif run.stop_kind == "limit":
+            reason = "length"
+        elif run.stop_kind == "sink":
+            reason = "stop"
+        elif run.mode == InferMode.GENERATE and run.completion >= self._max_tokens(run):
+            reason = "length"
+        else:
+            reason = "stop"
+        return FinishEvent(reason, perf, prompt_tokens, completion if run.mode ==
+                           InferMode.GENERATE else 0)
+
+    def _max_tokens(self, run: _Run) -> int:
+        return run.limit if run.limit is not None else self._current_max
+
+    def _limit(self, s: ResolvedSampling) -> int | None:
+        """Per-run sampling on families without RKLLMSamplingParam (see module notes)."""
+        self._current_max = s.max_new_tokens
+        if self.spec.sampling_per_run:
+            return None
+        cfg = self.config
+        differs = [n for n in ("top_k", "top_p", "temperature", "repeat_penalty",
+                               "frequency_penalty", "presence_penalty", "mirostat",
+                               "mirostat_tau", "mirostat_eta")
+                   if getattr(s, n) != getattr(cfg, n)]
+        if differs:
+            self._warn_once(
+                "sampling", "RKLLM runtime family %s takes sampling parameters only at init;"
+                " per-call %s ignored (set them in RuntimeConfig, or use runtime 1.3)",
+                self.family, ", ".join(differs),
+            )
+        if s.max_new_tokens < cfg.max_new_tokens:
+            return s.max_new_tokens  # enforced here by stopping the run
+        if s.max_new_tokens > cfg.max_new_tokens:
+            self._warn_once(
+                "max_new_tokens", "RKLLM runtime family %s caps generation at the init value"
+                " max_new_tokens=%d; a larger per-call value cannot be honoured",
+                self.family, cfg.max_new_tokens,
+            )
+            self._current_max = cfg.max_new_tokens
+        return None
+
+    def _prompt_tokens(self, item: RequestInput) -> int | None:
+        if isinstance(item, TokenInput):
+            return len(item.ids)
+        if isinstance(item, EmbedInput):
+            return int(np.asarray(item.embeds).shape[0])
+        if isinstance(item, PromptInput) and self.tokenizer is not None:
+            return len(self.tokenizer.encode(item.text))
+        return None
+
+    def _build_input(self, item: RequestInput, request: Request, keep: list[Any]) -> Any:
+        ffi, spec = self._ffi, self.spec
+        rk = ffi.new("RKLLMInput*")
+        keep.append(rk)
+        if spec.role:
+            role = ffi.new("char[]", request.role.encode())
+            keep.append(role)
+            rk.role = role
+            rk.enable_thinking = bool(request.enable_thinking)
+        else:
+            if request.role != "user":
+                self._warn_once("role", "role=%r needs RKLLM runtime 1.2.1+; ignored", request.role)
+            if request.enable_thinking:
+                self._warn_once("thinking", "enable_thinking needs RKLLM runtime 1.2.1+; ignored")
+        if isinstance(item, PromptInput):
+            text = ffi.new("char[]", item.text.encode("utf-8"))
+            keep.append(text)
+            rk.input_type = 0
+            rk.prompt_input = text
+        elif isinstance(item, TokenInput):
+            if not item.ids:
+                raise ConfigError("token input is empty")
+            ids = ffi.new("int32_t[]", list(item.ids))
+            keep.append(ids)
+            rk.input_type = 1
+            rk.token_input.input_ids = ids
+            rk.token_input.n_tokens = len(item.ids)
+        elif isinstance(item, EmbedInput):
+            arr = self._float_matrix(item.embeds, "embeds")
+            keep.append(arr)
+            rk.input_type = 2
+            rk.embed_input.embed = ffi.cast("float*", ffi.from_buffer(arr))
+            rk.embed_input.n_tokens = arr.shape[0]
+        elif isinstance(item, MultimodalInput):
+            self._fill_multimodal(rk, item, keep)
+        else:
+            raise ConfigError(f"unsupported input {type(item).__name__}")
+        return rk
+
+    def _float_matrix(self, data: Any, what: str) -> np.ndarray:
+        arr = np.ascontiguousarray(data, dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[0] == 0:
+            raise ConfigError(f"{what} must have shape (n_tokens, hidden), got {arr.shape}")
+        hidden = self.meta.hidden_size
+        if hidden and arr.shape[1] != hidden:
+            raise ConfigError(f"{what} rows have {arr.shape[1]} values; the model's hidden size"
+                              f" is {hidden}")
+        return arr
+
+    def _fill_multimodal(self, rk: Any, item: MultimodalInput, keep: list[Any]) -> None:
+        ffi, spec, cfg = self._ffi, self.spec, self.config
+        emb = np.ascontiguousarray(item.image_embeds, dtype=np.float32)
+        n_image = item.n_image
+        if emb.ndim == 3:
+            n_image, per_image = emb.shape[0], emb.shape[1]
+            emb = emb.reshape(-1, emb.shape[2])
+        elif emb.ndim == 2 and n_image > 0 and emb.shape[0] % n_image == 0:
+            per_image = emb.shape[0] // n_image
+        else:
+            raise ConfigError(f"image_embeds of shape {emb.shape} do not split into"
+                              f" n_image={item.n_image} images")
+        emb = self._float_matrix(emb, "image_embeds")
+        prompt = ffi.new("char[]", item.prompt.encode("utf-8"))
+        keep += [emb, prompt]
+        rk.input_type = 3
+        mm = rk.multimodal_input
+        mm.prompt = prompt
+        ptr = ffi.cast("float*", ffi.from_buffer(emb))
+        if spec.multimodal == "image_video":
+            img = mm.image
+            img.image_embed = ptr
+            img.n_image_tokens = per_image
+            img.n_image = n_image
+            for name in ("start", "end", "content"):
+                s = ffi.new("char[]", getattr(cfg, f"img_{name}").encode())
+                keep.append(s)
+                setattr(img, f"image_{name}", s)
+            img.image_width = item.image_width
+            img.image_height = item.image_height
+        else:
+            mm.image_embed = ptr
+            if spec.multimodal == "sized":
+                mm.n_image_tokens = per_image
+                mm.n_image = n_image
+                mm.image_width = item.image_width
+                mm.image_height = item.image_height
+            else:
+                if n_image != 1:
+                    raise UnsupportedFeatureError(
+                        f"several images per prompt need RKLLM runtime 1.2.1+ (family"
+                        f" {self.family} takes one)")
+                mm.n_image_tokens = per_image
+
+    def _build_infer(self, request: Request, keep: list[Any]) -> Any:
+        ffi, spec = self._ffi, self.spec
+        p = ffi.new("RKLLMInferParam*")
+        keep.append(p)
+        p.mode = int(request.mode)
+        if request.lora_adapter:
+            if request.lora_adapter not in self._loras:
+                raise ConfigError(f"LoRA adapter {request.lora_adapter!r} is not loaded (loaded:"
+                                  f" {sorted(self._loras) or 'none'}); call load_lora first")
+            lp = ffi.new("RKLLMLoraParam*")
+            name = ffi.new("char[]", request.lora_adapter.encode())
+            lp.lora_adapter_name = name
+            keep += [lp, name]
+            p.lora_params = lp
+        if request.prompt_cache_path:
+            cp = ffi.new("RKLLMPromptCacheParam*")
+            path = ffi.new("char[]", os.fsencode(request.prompt_cache_path))
+            cp.save_prompt_cache = int(request.save_prompt_cache)
+            cp.prompt_cache_path = path
+            keep += [cp, path]
+            p.prompt_cache_params = cp
+        elif request.save_prompt_cache:
+            raise ConfigError("save_prompt_cache=True needs prompt_cache_path")
+        if spec.name != "1.1":
+            p.keep_history = int(request.keep_history)
+        elif request.keep_history:
+            self._warn_once("keep_history", "RKLLM runtime family 1.1 has no keep_history:"
+                            " every run starts from an empty context")
+        if spec.sampling_per_run:
+            s = request.sampling
+            sp = ffi.new("RKLLMSamplingParam*")
+            sp.top_k = s.top_k
+            sp.top_p = s.top_p
+            sp.temperature = s.temperature
+            sp.repeat_penalty = s.repeat_penalty
+            sp.frequency_penalty = s.frequency_penalty
+            sp.presence_penalty = s.presence_penalty
+            sp.mirostat = s.mirostat
+            sp.mirostat_tau = s.mirostat_tau
+            sp.mirostat_eta = s.mirostat_eta
+            keep.append(sp)
+            p.sampling_params = sp
+            p.max_new_tokens = s.max_new_tokens
+        return p
+
+    def abort(self) -> None:
+        """Stop the running request within one token (any thread); no-op when idle."""
+        run = self._dispatcher.current
+        if run is None or self._closed:
+            return
+        if run.stop_kind is None:
+            run.stop_kind = "abort"
+            run.stop_time = time.monotonic()
+        self._handle.abort()
+
+    def is_running(self) -> bool:
+        """True while a run is in progress (tracked here: the runtime's own is_running has
+        inverted meanings across releases)."""
+        return not self._handle.idle.is_set()
+
+    # --- runtime features ------------------------------------------------------------------
+
+    def clear_kv_cache(
+        self,
+        keep_system_prompt: bool = False,
+        start_pos: Sequence[int] | None = None,
+        end_pos: Sequence[int] | None = None,
+    ) -> None:
+        """Drop the conversation held in the KV cache (ranges per batch slot on 1.2.1+)."""
+        self._check_open()
+        ranges = start_pos is not None or end_pos is not None
+        if self.spec.clear_kv_cache == "none":
+            if ranges:
+                self._need("clearing KV-cache ranges", False, "1.2.1")
+            log.debug("family 1.1 keeps no history between runs; nothing to clear")
+            return
+        if self.spec.clear_kv_cache == "simple":
+            if ranges:
+                self._need("clearing KV-cache ranges", False, "1.2.1")
+            self._call("rkllm_clear_kv_cache", self._handle.ptr, int(keep_system_prompt))
+            return
+        if ranges:
+            if start_pos is None or end_pos is None:
+                raise ConfigError("start_pos and end_pos must be given together")
+            n = self.config.n_batch
+            if len(start_pos) != n or len(end_pos) != n:
+                raise ConfigError(f"start_pos and end_pos need one entry per batch slot"
+                                  f" (n_batch={n})")
+            sp = self._ffi.new("int[]", [int(x) for x in start_pos])
+            ep = self._ffi.new("int[]", [int(x) for x in end_pos])
+            self._call("rkllm_clear_kv_cache", self._handle.ptr, int(keep_system_prompt), sp, ep)
+        else:
+            self._call("rkllm_clear_kv_cache", self._handle.ptr, int(keep_system_prompt),
+                       self._ffi.NULL, self._ffi.NULL)
+
+    def kv_cache_size(self) -> list[int]:
+        """Tokens held in the KV cache, one entry per batch slot (runtime 1.2.1+)."""
+        self._check_open()
+        self._need("kv_cache_size", self.spec.kv_cache_size, "1.2.1")
+        sizes = self._ffi.new("int[]", max(1, self.config.n_batch))
+        self._call("rkllm_get_kv_cache_size", self._handle.ptr, sizes)
+        return list(sizes)
+
+    def set_chat_template(self, system: str, prefix: str, postfix: str) -> None:
+        """Let the runtime wrap prompts as ``system + prefix + text + postfix`` ("" x3 = raw)."""
+        self._need("set_chat_template", self.spec.chat_template, "1.2.0")
+        self._call("rkllm_set_chat_template", self._handle.ptr, system.encode(), prefix.encode(),
+                   postfix.encode())
+        self._raw_prompt = not (system or prefix or postfix)
+        self.info.extra["raw_prompt"] = self._raw_prompt or (
+            not self.spec.chat_template and self.tokenizer is not None)
+        self.info.extra["runtime_template"] = ChatTemplateParts(system, prefix, postfix)
+
+    def set_function_tools(self, system: str, tools_json: str, tool_response_str: str) -> None:
+        """Give the runtime's template OpenAI-style tools (runtime 1.2.1+)."""
+        self._need("function tools", self.spec.function_tools, "1.2.1")
+        try:
+            tools = json.loads(tools_json)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"tools_json is not valid JSON: {exc}") from exc
+        if not isinstance(tools, list):
+            raise ConfigError("tools_json must be a JSON list of tool definitions")
+        self._call("rkllm_set_function_tools", self._handle.ptr, system.encode(),
+                   tools_json.encode(), tool_response_str.encode())
+
+    def load_lora(self, path: str, name: str, scale: float = 1.0) -> None:
+        """Load a LoRA adapter (converted with the toolkit); select it per run by ``name``."""
+        self._check_open()
+        if not Path(path).is_file():
+            raise ModelNotFoundError(f"LoRA adapter file {path} does not exist")
+        if not name:
+            raise ConfigError("a LoRA adapter needs a name")
+        ffi = self._ffi
+        adapter = ffi.new("RKLLMLoraAdapter*")
+        p, n = ffi.new("char[]", os.fsencode(path)), ffi.new("char[]", name.encode())
+        adapter.lora_adapter_path = p
+        adapter.lora_adapter_name = n
+        adapter.scale = float(scale)
+        self._handle.keepalive += [adapter, p, n]  # the runtime may keep the name pointer
+        self._call("rkllm_load_lora", self._handle.ptr, adapter)
+        self._loras.add(name)
+
+    def load_prompt_cache(self, path: str) -> None:
+        """Load a prompt cache saved by an earlier run (``save_prompt_cache``)."""
+        if not Path(path).is_file():
+            raise ModelNotFoundError(f"prompt cache file {path} does not exist")
+        self._call("rkllm_load_prompt_cache", self._handle.ptr, os.fsencode(path))
+
+    def release_prompt_cache(self) -> None:
+        """Drop the loaded prompt cache."""
+        self._call("rkllm_release_prompt_cache", self._handle.ptr)
+
+    def set_cross_attn_params(
+        self, k_cache: np.ndarray, v_cache: np.ndarray, mask: np.ndarray, positions: np.ndarray
+    ) -> None:
+        """Encoder K/V caches for cross attention (runtime 1.2.1+, ``use_cross_attn=True``)."""
+        self._need("cross attention", self.spec.cross_attn, "1.2.1")
+        ffi = self._ffi
+        k = np.ascontiguousarray(k_cache, dtype=np.float32)
+        v = np.ascontiguousarray(v_cache, dtype=np.float32)
+        m = np.ascontiguousarray(mask, dtype=np.float32).ravel()
+        pos = np.ascontiguousarray(positions, dtype=np.int32).ravel()
+        if len(m) != len(pos):
+            raise ConfigError("mask and positions need one entry per encoder token")
+        p = ffi.new("RKLLMCrossAttnParam*")
+        p.encoder_k_cache = ffi.cast("float*", ffi.from_buffer(k))
+        p.encoder_v_cache = ffi.cast("float*", ffi.from_buffer(v))
+        p.encoder_mask = ffi.cast("float*", ffi.from_buffer(m))
+        p.encoder_pos = ffi.cast("int32_t*", ffi.from_buffer(pos))
+        p.num_tokens = len(pos)
+        # Kept until the next call: the runtime reads these during later runs.
+        self._cross_attn = (p, k, v, m, pos)
+        self._call("rkllm_set_cross_attn_params", self._handle.ptr, p)
+
+    def close(self) -> None:
+        """Abort a running request and destroy the runtime handle; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> NPUEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"NPUEngine({self.info.model_path!r}, runtime"
+                f" {self.runtime.identity.sdk_version}, family {self.family})")
+
+
+def _emit_quietly(sink: Sink, event: ErrorEvent) -> bool:
+    """Emit a terminal error; False if the sink itself is broken (the caller then raises)."""
+    try:
+        sink.emit(event)
+        return True
+    except Exception:
+        log.exception("the sink failed while reporting an error")
+        return False
+
+
+def _add_perf(a: PerfStats, b: PerfStats) -> PerfStats:
+    return PerfStats(a.prefill_ms + b.prefill_ms, a.prefill_tokens + b.prefill_tokens,
+                     a.decode_ms + b.decode_ms, a.decode_tokens + b.decode_tokens,
+                     max(a.memory_mb, b.memory_mb))
