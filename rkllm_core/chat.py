@@ -107,6 +107,52 @@ def _tool_call_for_template(call: Mapping[str, Any]) -> dict:
     }
 
 
+_FALLBACK_TOOLS_PROMPT = (
+    "You may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n"
+    "<tools>\n{tools}\n</tools>\n\n"
+    "For each function call, return a json object with function name and arguments within"
+    " <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>'
+)
+
+
+def _with_fallback_tools(
+    msgs: list[dict], tools: Sequence[Mapping[str, Any]] | None
+) -> list[dict]:
+    """Describe tools in the system turn and write past calls as ``<tool_call>`` text.
+
+    For templates that know nothing of tools: without this the tools would be silently
+    dropped and the model could not see its own earlier calls. The format is the Hermes /
+    Qwen one that :func:`rkllm_core.parse_tool_calls` reads back.
+    """
+    out: list[dict] = []
+    for message in msgs:
+        calls = message.get("tool_calls")
+        if calls:
+            message = {k: v for k, v in message.items() if k != "tool_calls"}
+            rendered = [
+                "<tool_call>\n"
+                + json.dumps(
+                    {"name": c.get("name"), "arguments": c.get("arguments", {})},
+                    ensure_ascii=False,
+                )
+                + "\n</tool_call>"
+                for c in calls
+            ]
+            message["content"] = "\n".join(filter(None, [message["content"], *rendered]))
+        out.append(message)
+    if not tools:
+        return out
+    listing = "\n".join(json.dumps(dict(t), ensure_ascii=False) for t in tools)
+    instructions = _FALLBACK_TOOLS_PROMPT.format(tools=listing)
+    if out and out[0]["role"] == "system":
+        out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{instructions}".lstrip()}
+    else:
+        out.insert(0, {"role": "system", "content": instructions})
+    return out
+
+
 class ChatRenderer:
     """Renders conversations for one model."""
 
@@ -135,8 +181,14 @@ class ChatRenderer:
         add_generation_prompt: bool = True,
         enable_thinking: bool | None = None,
     ) -> str:
-        """Return the prompt text for ``messages`` (validated and merged first)."""
+        """Return the prompt text for ``messages`` (validated and merged first).
+
+        When ``tools`` are given but the template cannot render them, they are described in
+        the system turn in the Hermes ``<tool_call>`` convention instead of being dropped.
+        """
         msgs = normalize_messages(messages)
+        if not self.supports_tools and (tools or any(m.get("tool_calls") for m in msgs)):
+            msgs = _with_fallback_tools(msgs, tools)
         for message in msgs:
             if message.get("tool_calls"):
                 message["tool_calls"] = [_tool_call_for_template(c) for c in message["tool_calls"]]
