@@ -281,7 +281,10 @@ def _parse(buf: mmap.mmap, p: Path, size: int) -> RKLLMMetadata:
     tensor_count = r.scalar("<Q")
     kv_count = r.scalar("<Q")
     if kv_count > size // 13:  # each entry takes at least 13 bytes: the count itself is corrupt
-        raise ModelFormatError(f"{p} is corrupt: it claims {kv_count} metadata entries")
+        raise ModelFormatError(
+            f"{p} is truncated or corrupt: it claims {kv_count} metadata entries but has only"
+            f" {size} bytes"
+        )
     values: dict[str, Any] = {}
     for i in range(kv_count):
         r.what = f"metadata entry {i} of {kv_count}"

@@ -20,7 +20,7 @@ import cffi
 import pytest
 
 from rkllm_core.config import RuntimeConfig, SamplingParams
-from rkllm_core.engine import Event, FinishEvent, ErrorEvent, Request, TokenEvent
+from rkllm_core.engine import ErrorEvent, Event, FinishEvent, Request, TokenEvent
 
 from .rkllm_writer import write_model
 
