@@ -39,6 +39,7 @@ from .tools import parse_tool_calls
 __version__ = "0.1.0"
 
 __all__ = [
+    "KNOWN_MODELS",
     "AbortedError",
     "AsyncTokenStream",
     "ChatRenderer",
@@ -54,7 +55,6 @@ __all__ = [
     "GenerationResult",
     "InferMode",
     "InvalidToolCall",
-    "KNOWN_MODELS",
     "ModelClosedError",
     "ModelFormatError",
     "ModelNotFoundError",

@@ -39,9 +39,10 @@ def build_sequence(
     text: str, config: EmbeddingConfig, encode: Encode, max_tokens: int
 ) -> EmbeddingSequence:
     """Token ids for one text under ``config.strategy``, truncated to fit ``max_tokens``."""
-    text_ids = encode(text)
+    # an empty text still needs one position to pool over
+    text_ids = encode(text) or encode(" ")
     if config.strategy == "plain":
-        text_ids = text_ids[:max_tokens] or encode(" ")
+        text_ids = text_ids[:max_tokens]
         return EmbeddingSequence(tuple(text_ids), 0, len(text_ids))
     template = config.prompteol_template if config.strategy == "prompteol" else (
         config.echo_template
@@ -60,7 +61,7 @@ def build_sequence(
         ids.extend(pieces[copy + 1])
     if config.strategy == "prompteol":
         return EmbeddingSequence(tuple(ids), len(ids) - 1, len(ids))
-    return EmbeddingSequence(tuple(ids), start, max(end, start + 1))
+    return EmbeddingSequence(tuple(ids), start, end)
 
 
 def pool(hidden: np.ndarray, seq: EmbeddingSequence, pooling: Pooling) -> np.ndarray:

@@ -54,7 +54,7 @@ class GenerationError(RKLLMError, RuntimeError):
 
 
 class AbortedError(RKLLMError, RuntimeError):
-    """The request was aborted before it produced a result (only raised where a result is required)."""
+    """The request was aborted before it produced a result (raised where one is required)."""
 
 
 class ModelClosedError(RKLLMError, RuntimeError):

@@ -19,7 +19,6 @@ from .config import EmbeddingConfig, RuntimeConfig, SamplingParams
 from .embeddings import (
     EmbeddingSequence,
     build_sequence,
-    chunked,
     default_embedding_config,
     effective_pooling,
     l2_normalize,
@@ -135,7 +134,8 @@ class _StreamState:
             raise _as_generation_error(item.error)
         if isinstance(item, FinishEvent):
             self._result = self._model._finish_turn(
-                self._ctx, "".join(self._pieces), tuple(self._handler.token_ids), item
+                self._ctx, "".join(self._pieces), tuple(self._handler.token_ids), item,
+                self._handler.stopped_by_string,
             )
             return None
         raise GenerationError(f"unexpected event {item!r}")  # pragma: no cover
@@ -417,7 +417,12 @@ class RKLLMModel:
         return PromptInput(text), _Turn(full, conversation, True, bool(tools))
 
     def _finish_turn(
-        self, ctx: _Turn, text: str, token_ids: tuple[int, ...], event: FinishEvent
+        self,
+        ctx: _Turn,
+        text: str,
+        token_ids: tuple[int, ...],
+        event: FinishEvent,
+        stopped_by_string: bool = False,
     ) -> GenerationResult:
         content, calls, invalid = (text, [], [])
         if ctx.parse_tools:
@@ -429,13 +434,14 @@ class RKLLMModel:
                     {"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls
                 ]
             self._history = [*ctx.messages, assistant]
-            generated = text
-            if self._engine.tokenizer is not None and token_ids:
-                generated = self.detokenize(token_ids)
-            eos = self.info.eos_token or ""
-            self._cached_text = ctx.prompt_text + generated + (
-                eos if event.reason == "stop" else ""
-            )
+            if stopped_by_string or event.reason == "abort":
+                # the cache holds tokens the text does not show: re-send the whole
+                # conversation next turn rather than guess what the cache holds
+                self._cached_text = None
+            else:
+                ended_by_eos = event.reason == "stop"
+                eos = (self.info.eos_token or "") if ended_by_eos else ""
+                self._cached_text = ctx.prompt_text + text + eos
         prompt_tokens = event.prompt_tokens or event.perf.prefill_tokens
         completion = event.completion_tokens or event.perf.decode_tokens or len(token_ids)
         return GenerationResult(
@@ -768,4 +774,4 @@ def shared_model(
         return loaded
 
 
-__all__ = ["AsyncTokenStream", "RKLLMModel", "TokenStream", "shared_model", "PerfStats"]
+__all__ = ["AsyncTokenStream", "PerfStats", "RKLLMModel", "TokenStream", "shared_model"]

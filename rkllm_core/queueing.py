@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
 from .engine import Engine, ErrorEvent, Event, FinishEvent, Request
@@ -54,6 +55,8 @@ class Job:
             return False
         if isinstance(event, (FinishEvent, ErrorEvent)):
             self.finished.set()
+            if isinstance(event, FinishEvent) and self.cancelled.is_set():
+                event = replace(event, reason="abort")  # the engine saw only "stop asked"
             self.handler.on_finish(event)
             return False
         if self.cancelled.is_set():
