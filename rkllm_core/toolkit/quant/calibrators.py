@@ -183,32 +183,43 @@ def weight_threshold(
     dtype: QuantDtype,
     algorithm: str,
     percentile: float = DEFAULT_PERCENTILE,
+) -> torch.Tensor:
+    """Per-block clipping threshold [out, n_groups] of the weight ``w`` [out, in]."""
+    from .formats import _blocks
+
+    return block_threshold(
+        _blocks(w.detach().float(), dtype.group_size), dtype, algorithm, percentile
+    )
+
+
+def block_threshold(
+    blocks: torch.Tensor,
+    dtype: QuantDtype,
+    algorithm: str,
+    percentile: float = DEFAULT_PERCENTILE,
     grid: int = 20,
     min_ratio: float = 0.5,
 ) -> torch.Tensor:
-    """Per-block clipping threshold [out, n_groups] of the weight ``w`` [out, in]."""
+    """Clipping threshold of each block of ``blocks`` [..., block] (reduces the last axis)."""
     import torch
 
-    from .formats import _blocks
-
     algorithm = check_algorithm(algorithm)
-    blocks = _blocks(w.detach().float(), dtype.group_size).abs()
-    absmax = blocks.amax(dim=-1)
+    mags = blocks.abs()
+    absmax = mags.amax(dim=-1)
     if algorithm in ("normal", "minmax"):
         return absmax
     if algorithm == "percentile":
-        n = blocks.shape[-1]
+        n = mags.shape[-1]
         k = min(n, max(1, math.ceil(percentile / 100.0 * n)))
-        return blocks.kthvalue(k, dim=-1).values
+        return mags.kthvalue(k, dim=-1).values
     # kl_divergence on weights: the clip ratio with the smallest squared rounding error
-    signed = _blocks(w.detach().float(), dtype.group_size)
     best_err = torch.full_like(absmax, math.inf)
     best_t = absmax.clone()
     for ratio in torch.linspace(1.0, min_ratio, grid).tolist():
         t = absmax * ratio
         s = (t / dtype.qmax).to(torch.float16).float().clamp_min(1e-8).unsqueeze(-1)
-        q = torch.clamp(torch.round(signed / s), dtype.qmin, dtype.qmax)
-        err = ((q * s - signed) ** 2).sum(dim=-1)
+        q = torch.clamp(torch.round(blocks / s), dtype.qmin, dtype.qmax)
+        err = ((q * s - blocks) ** 2).sum(dim=-1)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_t = torch.where(better, t, best_t)

@@ -185,14 +185,20 @@ def weight_scales(
     ``threshold`` (same shape as the result) replaces ``max|block|`` when a clipping search or
     a calibration rule chose a smaller range. A block of zeros gets scale 1 (its integers are 0).
     """
+    t = _blocks(w.float(), dtype.group_size).abs().amax(dim=-1) if threshold is None else threshold
+    return scales_from_threshold(t, dtype)
+
+
+def scales_from_threshold(t: torch.Tensor, dtype: QuantDtype) -> torch.Tensor:
+    """fp16 scales ``T / qmax``; a zero threshold gets scale 1 (all its integers are 0)."""
     import torch
 
-    t = _blocks(w.float(), dtype.group_size).abs().amax(dim=-1) if threshold is None else threshold
     s = (t.float() / dtype.qmax).to(torch.float16)
     # fp16 underflow would make an all-zero scale for a tiny but non-zero block; the smallest
     # positive fp16 keeps the integers in range instead (they saturate at qmax).
     tiny = torch.finfo(torch.float16).tiny
-    s = torch.where(s == 0, torch.where(t > 0, torch.tensor(tiny, dtype=s.dtype), 1.0), s)
+    tiny_t = torch.tensor(tiny, dtype=s.dtype, device=s.device)
+    s = torch.where(s == 0, torch.where(t > 0, tiny_t, 1.0), s)
     return s.to(torch.float16)
 
 

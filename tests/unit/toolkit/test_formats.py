@@ -85,7 +85,7 @@ def test_npu_cores_and_unknown_names() -> None:
     F.check_platform(F.parse_dtype("w8a8"), F.parse_platform("rk3588"), 3)
     with pytest.raises(BuildConfigError, match="num_npu_core"):
         F.check_platform(F.parse_dtype("w8a8"), F.parse_platform("rk3576"), 3)
-    with pytest.raises(ConfigError, match="rk3588|RK3588"):
+    with pytest.raises(ConfigError, match=r"rk3588|RK3588"):
         F.parse_platform("rk9999")
     with pytest.raises(BuildConfigError, match="w8a8"):
         F.parse_dtype("w3a16")

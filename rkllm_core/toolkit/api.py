@@ -1,0 +1,627 @@
+"""``RKLLM``: Rockchip's rkllm-toolkit conversion API, simulated on the PC.
+
+A conversion script written for Rockchip's toolkit runs unchanged with
+``from rkllm_core.toolkit import RKLLM`` in place of ``from rkllm.api import RKLLM``: the same
+methods, parameters and return codes (0 success, -1 failure; the reason is logged). With
+``RKLLM(strict=True)`` failures raise typed exceptions from :mod:`rkllm_core.errors` instead.
+
+``export_rkllm`` writes our portable ``.rkllm-pc`` directory (see :mod:`.export`); a ``.rkllm``
+path is handed to Rockchip's own toolkit when it is installed, and refused otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import (
+    BuildConfigError,
+    ConfigError,
+    EngineUnavailableError,
+    ExportError,
+    ModelFormatError,
+    ModelNotFoundError,
+    RKLLMError,
+)
+from .dataset import DEFAULT_SAMPLES, dataset_digest, load_dataset
+from .quant.calibrators import ALGORITHMS
+from .quant.formats import (
+    GGUF_TYPE_TO_DTYPE,
+    check_max_context,
+    check_platform,
+    parse_dtype,
+    parse_platform,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DTYPES_TORCH = ("float32", "float16", "bfloat16")
+CUSTOM_CONFIG_KEYS = {
+    "BLOCKNAME", "TOKEN_EMBD", "ATTN_NORM", "ATTN_Q", "ATTN_K", "ATTN_V", "ATTN_QKV", "ATTN_OUT",
+    "FFN_NORM", "FFN_UP", "FFN_GATE", "FFN_DOWN", "ACT_TYPE", "OUTPUT_NORM", "OUTPUT",
+    "ATTN_Q_NORM", "ATTN_K_NORM", "FFN_GATE_UP", "ROPE_TYPE", "MODEL_TYPE",
+}  # fmt: skip
+ACT_TYPES = ("silu", "gelu", "relu", "fatrelu", "squarerelu", "swiglu")
+#: Calibration samples are cut to this many tokens, and at most this many samples are used:
+#: more data costs time linearly and gains little for ranges and Hessians.
+CALIB_MAX_TOKENS = 512
+CALIB_MAX_SAMPLES = 128
+
+
+def _rockchip_call(fn: Callable[..., T]) -> Callable[..., int | T]:
+    """Turn exceptions into Rockchip's -1 (logged), or re-raise in strict mode."""
+
+    @functools.wraps(fn)
+    def wrapper(self: RKLLM, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except RKLLMError as exc:
+            log.error("%s failed: %s", fn.__name__, exc)
+            if self.strict:
+                raise
+            return -1
+        except Exception as exc:
+            log.exception("%s failed: %s", fn.__name__, exc)
+            if self.strict:
+                raise
+            return -1
+
+    return wrapper
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _source_digest(path: Path) -> dict[str, Any]:
+    """sha256 of a GGUF file, or of a model directory's weight files (each, and combined)."""
+    if path.is_file():
+        return {"sha256": _sha256_file(path)}
+    files = sorted(
+        p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".pt")
+    )
+    per_file = {p.name: _sha256_file(p) for p in files}
+    combined = hashlib.sha256(json.dumps(per_file, sort_keys=True).encode()).hexdigest()
+    return {"sha256": combined, "files": per_file}
+
+
+class RKLLM:
+    """Load a model, build (quantize) it, simulate it on the PC and export it.
+
+    Args:
+        strict: raise typed :mod:`rkllm_core.errors` exceptions instead of returning -1.
+    """
+
+    def __init__(self, strict: bool = False) -> None:
+        self.strict = strict
+        self._model: Any = None  # the float source model
+        self._tokenizer: Any = None
+        self._source: dict[str, Any] = {}
+        self._built: Any = None  # the quantized (or fp16) model after build()
+        self._manifest: dict[str, Any] = {}
+        self._device = "cpu"
+
+    # ------------------------------------------------------------------ loading
+
+    @_rockchip_call
+    def load_huggingface(
+        self,
+        model: str | os.PathLike[str],
+        model_lora: str | os.PathLike[str] | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        custom_config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        load_weight: bool = True,
+    ) -> int:
+        """Load a Hugging Face model directory (optionally merging a LoRA); 0 or -1."""
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(model).expanduser()
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"{str(model)!r} is not a Hugging Face model directory (no config.json);"
+                f" pass the directory holding config.json and the weights, or use load_gguf()"
+            )
+        torch_dtype = self._check_device_dtype(device, dtype)
+        custom = self._check_custom_config(custom_config)
+        cfg_json = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        # models whose code is not part of transformers (ChatGLM3, InternLM2 …) ship it in
+        # their directory; Rockchip's toolkit runs it too
+        remote = "auto_map" in cfg_json
+        if remote:
+            log.warning("%s uses its own modelling code (auto_map): running it", path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
+        if load_weight:
+            lm = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch_dtype, trust_remote_code=remote
+            )
+        else:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=remote)
+            lm = AutoModelForCausalLM.from_config(config, trust_remote_code=remote)
+            lm = lm.to(torch_dtype)
+        if model_lora is not None:
+            from .lora import merge_lora
+
+            merge_lora(lm, model_lora)
+        self._set_model(lm.to(device).eval(), tokenizer, device)
+        self._source = {
+            "kind": "huggingface",
+            "path": str(path.absolute()),
+            "model_type": getattr(lm.config, "model_type", None),
+            "lora": str(Path(model_lora).absolute()) if model_lora else None,
+            "load_weight": bool(load_weight),
+            "custom_config": custom,
+            **(_source_digest(path) if load_weight else {}),
+        }
+        log.info("loaded %s (%s, %s)", path, self._source["model_type"], dtype)
+        return 0
+
+    @_rockchip_call
+    def load_gguf(self, model: str | os.PathLike[str]) -> int:
+        """Load a GGUF file (any tensor type the gguf library dequantizes); 0 or -1.
+
+        Rockchip's toolkit accepts q4_0 and f16 only; the source type is recorded, and q4_0
+        corresponds to ``w4a16_g32``.
+        """
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file {str(model)!r} does not exist")
+        gguf_type = _gguf_tensor_type(path)
+        if gguf_type not in ("Q4_0", "F16"):
+            log.info(
+                "%s holds %s tensors; Rockchip's toolkit accepts only q4_0 and fp16 GGUF,"
+                " rkllm-py dequantizes it to float32",
+                path.name,
+                gguf_type,
+            )
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        lm = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32
+        )
+        self._set_model(lm.eval(), tokenizer, "cpu")
+        self._source = {
+            "kind": "gguf",
+            "path": str(path.absolute()),
+            "model_type": getattr(lm.config, "model_type", None),
+            "gguf_tensor_type": gguf_type,
+            "gguf_equivalent_dtype": GGUF_TYPE_TO_DTYPE.get(gguf_type or ""),
+            **_source_digest(path),
+        }
+        return 0
+
+    def _set_model(self, model: Any, tokenizer: Any, device: str) -> None:
+        self._model, self._tokenizer, self._device = model, tokenizer, device
+        self._built, self._manifest = None, {}
+
+    @staticmethod
+    def _check_device_dtype(device: str, dtype: str) -> Any:
+        import torch
+
+        if device not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be 'cpu' or 'cuda', not {device!r}")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise EngineUnavailableError(
+                "device='cuda' but torch sees no CUDA GPU here: use device='cpu'"
+            )
+        if dtype not in DTYPES_TORCH:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES_TORCH)}, not {dtype!r}")
+        return getattr(torch, dtype)
+
+    @staticmethod
+    def _check_custom_config(custom: Any) -> dict[str, Any] | None:
+        if custom is None:
+            return None
+        if isinstance(custom, (str, os.PathLike)):
+            p = Path(custom).expanduser()
+            if not p.is_file():
+                raise ConfigError(f"custom_config file {str(custom)!r} does not exist")
+            custom = json.loads(p.read_text(encoding="utf-8"))
+        if not isinstance(custom, Mapping):
+            raise ConfigError("custom_config must be a JSON object of module names")
+        unknown = sorted(set(custom) - CUSTOM_CONFIG_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"custom_config has unknown keys {unknown}: known keys are"
+                f" {', '.join(sorted(CUSTOM_CONFIG_KEYS))}"
+            )
+        act = custom.get("ACT_TYPE")
+        if act is not None and str(act).lower() not in ACT_TYPES:
+            raise ConfigError(f"custom_config ACT_TYPE {act!r} is not one of {ACT_TYPES}")
+        # the model itself runs through transformers; the mapping is recorded for the export
+        return dict(custom)
+
+    # ------------------------------------------------------------------ build
+
+    @_rockchip_call
+    def build(
+        self,
+        do_quantization: bool = True,
+        optimization_level: int = 1,
+        quantized_dtype: str = "w8a8",
+        quantized_algorithm: str = "normal",
+        target_platform: str = "rk3588",
+        num_npu_core: int = 3,
+        extra_qparams: str | os.PathLike[str] | None = None,
+        dataset: str | os.PathLike[str] | list[dict[str, str]] | None = None,
+        hybrid_rate: float = 0,
+        max_context: int = 4096,
+        *,
+        activation_mode: str = "static",
+    ) -> int:
+        """Quantize the loaded model for ``target_platform``; 0 or -1.
+
+        Every argument is validated before any work starts. ``activation_mode`` (rkllm-py
+        only) picks how ``a8`` dtypes scale activations: ``static`` (calibrated, the default)
+        or ``dynamic`` (per call). The built model replaces any earlier build; the loaded float
+        model is kept, so several builds can follow one load.
+        """
+        import torch
+
+        from .quant.pipeline import BuildPlan, alternative_group, quantize_model, target_linears
+
+        if self._model is None:
+            raise ConfigError("no model loaded: call load_huggingface() or load_gguf() first")
+        if not isinstance(do_quantization, bool):
+            raise BuildConfigError(
+                f"do_quantization must be True or False, not {do_quantization!r}"
+            )
+        if optimization_level not in (0, 1) or isinstance(optimization_level, bool):
+            raise BuildConfigError(
+                f"optimization_level must be 0 (none) or 1 (accuracy optimisation: GPTQ, and"
+                f" SmoothQuant for a8 dtypes), not {optimization_level!r}"
+            )
+        dtype = parse_dtype(quantized_dtype)
+        platform = parse_platform(target_platform)
+        check_platform(dtype, platform, num_npu_core)
+        check_max_context(max_context)
+        algorithm, gptq = self._check_algorithm(quantized_algorithm, dtype, optimization_level)
+        if activation_mode not in ("static", "dynamic"):
+            raise BuildConfigError(
+                f"activation_mode must be 'static' or 'dynamic', not {activation_mode!r}"
+            )
+        if (
+            isinstance(hybrid_rate, bool)
+            or not isinstance(hybrid_rate, (int, float))
+            or not 0 <= hybrid_rate < 1
+        ):
+            raise BuildConfigError(f"hybrid_rate must be a number in [0, 1), not {hybrid_rate!r}")
+        if extra_qparams is not None:
+            raise BuildConfigError(
+                "extra_qparams: rkllm-py cannot reuse a .qparams cache (Rockchip's grq writes"
+                " them in an undocumented format); pass extra_qparams=None"
+            )
+        samples = load_dataset(dataset)
+        targets = target_linears(self._model)
+        if do_quantization:
+            if not targets:
+                raise BuildConfigError("the model has no Linear layers to quantize")
+            from .quant.formats import check_group_size
+
+            for name, lin in targets.items():
+                check_group_size(dtype, name, lin.in_features, lin.out_features)
+            if hybrid_rate > 0 and all(
+                alternative_group(dtype, platform, lin) is None for lin in targets.values()
+            ):
+                raise BuildConfigError(
+                    f"hybrid_rate={hybrid_rate} mixes {dtype.name} with"
+                    f" {'its ungrouped form' if dtype.group_size else 'a grouped variant'},"
+                    f" but {platform.name.upper()} runs no such dtype for this model's layers"
+                    f" (it accepts {', '.join(platform.dtypes)}): use hybrid_rate=0"
+                )
+
+        plan = BuildPlan(
+            dtype=dtype,
+            algorithm=algorithm,
+            platform=platform,
+            optimization_level=optimization_level,
+            act_mode=activation_mode if dtype.quantizes_activations else None,
+            hybrid_rate=float(hybrid_rate),
+            gptq=gptq,
+        )
+        needs_data = do_quantization and (dtype.quantizes_activations or gptq or hybrid_rate > 0)
+        if needs_data and not samples:
+            log.warning(
+                "no calibration dataset: using rkllm-py's %d built-in samples; a dataset from"
+                " the model's own domain gives better accuracy",
+                len(DEFAULT_SAMPLES),
+            )
+            samples = list(DEFAULT_SAMPLES)
+
+        model = copy.deepcopy(self._model).float().eval()
+        report = None
+        with torch.no_grad():
+            if do_quantization:
+                batches = self._calibration_batches(samples) if needs_data else []
+                _, report = quantize_model(model, plan, batches)
+            else:
+                from .quant.pipeline import round_float_params_to_fp16
+
+                round_float_params_to_fp16(model)
+        self._built = model
+        self._manifest = {
+            "quantized_dtype": dtype.name if do_quantization else "float16",
+            "group_size": dtype.group_size if do_quantization else None,
+            "weight_bits": dtype.weight_bits if do_quantization else 16,
+            "activation_bits": (dtype.act_bits or 16) if do_quantization else 16,
+            "activation_mode": plan.act_mode if do_quantization else None,
+            "do_quantization": do_quantization,
+            "quantized_algorithm": quantized_algorithm,
+            "calibration_algorithm": algorithm,
+            "optimization_level": optimization_level,
+            "optimizations": (["gptq"] if gptq else []) + (["smoothquant"] if plan.smooth else []),
+            "target_platform": platform.name.upper(),
+            "num_npu_core": num_npu_core,
+            "hybrid_rate": float(hybrid_rate),
+            "hybrid_layers": report.hybrid_layers if report else [],
+            "max_context": max_context,
+            "source": dict(self._source),
+            "calibration": {
+                "samples": report.calibration_samples if report else 0,
+                "tokens": report.calibration_tokens if report else 0,
+                "dataset": str(dataset) if isinstance(dataset, (str, os.PathLike)) else None,
+                "dataset_sha256": dataset_digest(samples) if samples and needs_data else None,
+                "builtin_samples": needs_data and dataset is None,
+                "smoothed_groups": report.smoothed_groups if report else 0,
+            },
+            "float_params": "fp16",
+            "quantized_layers": len(report.layers) if report else 0,
+        }
+        log.info(
+            "built %s for %s (%s, level %d)",
+            self._manifest["quantized_dtype"],
+            platform.name.upper(),
+            algorithm,
+            optimization_level,
+        )
+        return 0
+
+    @staticmethod
+    def _check_algorithm(name: str, dtype: Any, level: int) -> tuple[str, bool]:
+        """(calibration algorithm, whether GPTQ runs) for ``quantized_algorithm``."""
+        key = str(name).strip().lower()
+        if key == "grq":
+            if dtype.family != "w4a16":
+                raise BuildConfigError(
+                    f"quantized_algorithm 'grq' is for w4a16 dtypes only, not {dtype.name}"
+                )
+            return "normal", True  # Rockchip's maintainers describe grq as GPTQ-like
+        if key.startswith(("normal_r", "grq_r")):
+            raise BuildConfigError(
+                f"quantized_algorithm {name!r} (quantization plus a recovery LoRA) is not"
+                f" supported by rkllm-py: use one of {', '.join(ALGORITHMS)} or 'grq'"
+            )
+        if key not in ALGORITHMS:
+            raise BuildConfigError(
+                f"unknown quantized_algorithm {name!r}: choose one of {', '.join(ALGORITHMS)}"
+                f" or 'grq'"
+            )
+        return key, level >= 1
+
+    def _calibration_batches(self, samples: list[dict[str, str]]) -> list[Any]:
+        import torch
+
+        if len(samples) > CALIB_MAX_SAMPLES:
+            log.info(
+                "using the first %d of %d calibration samples", CALIB_MAX_SAMPLES, len(samples)
+            )
+            samples = samples[:CALIB_MAX_SAMPLES]
+        batches = []
+        for s in samples:
+            ids = self._tokenizer(s["input"] + s["target"], return_tensors="pt")["input_ids"]
+            ids = ids[:, :CALIB_MAX_TOKENS]
+            if ids.numel():
+                batches.append(ids.to(self._device if self._device else "cpu").long())
+        if not batches:
+            raise BuildConfigError("the calibration dataset tokenizes to nothing")
+        return [b.to(torch.long) for b in batches]
+
+    # ------------------------------------------------------------------ export
+
+    @_rockchip_call
+    def export_rkllm(self, export_path: str | os.PathLike[str] = "./model.rkllm-pc") -> int:
+        """Export the built model; 0 or -1.
+
+        A path ending in ``.rkllm`` is an NPU model: it is delegated to Rockchip's toolkit
+        (``rkllm.api``) when installed, and refused otherwise. Any other path becomes a
+        portable ``.rkllm-pc`` directory (see :mod:`.export`).
+        """
+        from .export import SUFFIX, write_export
+
+        if self._built is None:
+            raise ConfigError("nothing to export: call build() first")
+        path = Path(export_path).expanduser()
+        if path.suffix.lower() == ".rkllm":
+            if _rockchip_toolkit_available():
+                return self._export_with_rockchip(path)
+            raise ExportError(
+                f"{path} would be an NPU model, but Rockchip's rkllm-toolkit (rkllm.api, x86-64"
+                f" Linux only) is not installed, and rkllm-py does not write .rkllm files the"
+                f" NPU cannot load. rkllm-py writes a portable quantized model instead: export"
+                f" to {path.with_suffix(SUFFIX)} (PC engine: RKLLMModel(path, backend='pc'))"
+            )
+        if path.suffix.lower() != SUFFIX:
+            log.info("exporting to %s (the %s suffix is recommended)", path, SUFFIX)
+        write_export(path, self._built, self._tokenizer, self._manifest)
+        return 0
+
+    def _export_with_rockchip(self, path: Path) -> int:
+        """Replay the load and build with Rockchip's toolkit and let it write the .rkllm."""
+        from rkllm.api import RKLLM as RockchipRKLLM  # type: ignore[import-not-found]
+
+        src = self._source
+        rk = RockchipRKLLM()
+        if src.get("kind") == "gguf":
+            ret = rk.load_gguf(model=src["path"])
+        else:
+            ret = rk.load_huggingface(model=src["path"], model_lora=src.get("lora"))
+        m = self._manifest
+        if ret == 0:
+            ret = rk.build(
+                do_quantization=m["do_quantization"],
+                optimization_level=m["optimization_level"],
+                quantized_dtype=m["quantized_dtype"],
+                quantized_algorithm=m["quantized_algorithm"],
+                target_platform=m["target_platform"].lower(),
+                num_npu_core=m["num_npu_core"],
+                dataset=m["calibration"]["dataset"],
+                hybrid_rate=m["hybrid_rate"],
+                max_context=m["max_context"],
+            )
+        if ret == 0:
+            ret = rk.export_rkllm(str(path))
+        if ret != 0:
+            raise ExportError(f"Rockchip's toolkit failed to export {path} (returned {ret})")
+        return 0
+
+    # ------------------------------------------------------------------ PC simulation
+
+    @property
+    def model(self) -> Any:
+        """The built (simulated quantized) model, or the loaded float model before build()."""
+        return self._built if self._built is not None else self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """What the last build() did (the export's manifest, without per-layer entries)."""
+        return dict(self._manifest)
+
+    def get_logits(self, inputs: Any) -> Any:
+        """Logits [batch, tokens, vocab] of the built model (the float model before build()).
+
+        ``inputs``: ``{"input_ids": ..., "attention_mask": ...}`` (lists or tensors), a tensor
+        or list of token ids, or a string. Returns None (and logs why) on failure, or raises in
+        strict mode.
+        """
+        try:
+            return self._logits(inputs)
+        except Exception as exc:
+            log.error("get_logits failed: %s", exc)
+            if self.strict:
+                raise
+            return None
+
+    def _logits(self, inputs: Any) -> Any:
+        import torch
+
+        model = self.model
+        if model is None:
+            raise ConfigError("no model loaded: call load_huggingface() or load_gguf() first")
+        mask = None
+        if isinstance(inputs, str):
+            ids = self._tokenizer(inputs, return_tensors="pt")["input_ids"]
+        elif isinstance(inputs, Mapping):
+            if "input_ids" not in inputs:
+                raise ConfigError("get_logits needs {'input_ids': ...}")
+            ids = torch.as_tensor(inputs["input_ids"])
+            if inputs.get("attention_mask") is not None:
+                mask = torch.as_tensor(inputs["attention_mask"])
+        else:
+            ids = torch.as_tensor(inputs)
+        if ids.dim() == 1:
+            ids = ids.unsqueeze(0)
+            mask = mask.unsqueeze(0) if mask is not None and mask.dim() == 1 else mask
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            out = model(
+                input_ids=ids.long().to(device),
+                attention_mask=mask.to(device) if mask is not None else None,
+                use_cache=False,
+            )
+        return out.logits.float()
+
+    def chat_model(self, messages: Any, args: Mapping[str, Any] | None = None) -> str | int:
+        """Generate a reply with the built model; returns the text, or -1 on failure.
+
+        ``messages`` is a prompt string (``"Human: hi\\nAssistant:"``) or a list of chat
+        messages (rendered with the model's chat template). ``args``: ``max_length`` (new
+        tokens), ``top_k``, ``top_p``, ``temperature``, ``do_sample``, ``repetition_penalty``.
+        """
+        try:
+            return self._chat(messages, dict(args or {}))
+        except Exception as exc:
+            log.error("chat_model failed: %s", exc)
+            if self.strict:
+                raise
+            return -1
+
+    def _chat(self, messages: Any, args: dict[str, Any]) -> str:
+        import torch
+
+        model, tok = self.model, self._tokenizer
+        if model is None:
+            raise ConfigError("no model loaded: call load_huggingface() or load_gguf() first")
+        if isinstance(messages, str):
+            prompt = messages
+        elif isinstance(messages, list):
+            prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            raise ConfigError("messages must be a prompt string or a list of chat messages")
+        known = {"max_length", "top_k", "top_p", "temperature", "do_sample", "repetition_penalty"}
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise ConfigError(f"chat_model args {unknown} unknown: use {sorted(known)}")
+        enc = tok(prompt, return_tensors="pt")
+        device = next(model.parameters()).device
+        do_sample = bool(args.get("do_sample", False))
+        gen: dict[str, Any] = {
+            "max_new_tokens": int(args.get("max_length", 128)),
+            "do_sample": do_sample,
+            "repetition_penalty": float(args.get("repetition_penalty", 1.0)),
+            "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        }
+        if do_sample:
+            gen.update(
+                top_k=int(args.get("top_k", 50)),
+                top_p=float(args.get("top_p", 1.0)),
+                temperature=float(args.get("temperature", 1.0)),
+            )
+        with torch.no_grad():
+            out = model.generate(**{k: v.to(device) for k, v in enc.items()}, **gen)
+        return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def _rockchip_toolkit_available() -> bool:
+    try:
+        return importlib.util.find_spec("rkllm.api") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _gguf_tensor_type(path: Path) -> str | None:
+    """The dominant tensor type of a GGUF file's 2-D weights (e.g. ``Q4_0``, ``F16``)."""
+    try:
+        import gguf
+    except ImportError as exc:  # pragma: no cover - gguf is part of the [pc] extra
+        raise EngineUnavailableError(
+            "loading GGUF needs the gguf package (pip install gguf)"
+        ) from exc
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as exc:
+        raise ModelFormatError(f"{path} is not a readable GGUF file: {exc}") from exc
+    counts: dict[str, int] = {}
+    for t in reader.tensors:
+        if len(t.shape) >= 2:
+            counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + int(t.n_elements)
+    return max(counts, key=counts.__getitem__) if counts else None

@@ -1,0 +1,116 @@
+"""GPTQ: rounding with error feedback through the inverse Hessian of each layer's inputs.
+
+Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
+Transformers" (2022). The form here is the one Rockchip's toolkit imports from GPTQ
+checkpoints: symmetric, no activation reordering (``desc_act=False``), groups along the input
+dimension, scales chosen per group when the quantizer reaches the group's first column (so they
+see the weights already updated by the error feedback).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .calibrators import block_threshold
+from .formats import QuantDtype, scales_from_threshold
+
+log = logging.getLogger(__name__)
+
+
+class HessianAccumulator:
+    """Running ``H = 2/n * sum x x^T`` of a layer's inputs ``x`` [tokens, in]."""
+
+    def __init__(self, in_features: int) -> None:
+        self.in_features = in_features
+        self.h = torch.zeros(in_features, in_features, dtype=torch.float32)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        if self.h.device != x.device:
+            self.h = self.h.to(x.device)
+        t = x.shape[0]
+        if t == 0:
+            return
+        # running mean keeps the magnitude independent of the number of tokens seen
+        self.h *= self.n / (self.n + t)
+        self.n += t
+        x = x * (2.0 / self.n) ** 0.5
+        self.h += x.t() @ x
+
+    @property
+    def diag(self) -> torch.Tensor:
+        return torch.diagonal(self.h)
+
+
+def _inverse_hessian_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of ``H^-1`` after dampening; more damping if H is near-singular."""
+    n = h.shape[0]
+    mean_diag = float(torch.diagonal(h).mean()) or 1.0
+    eye = torch.eye(n, dtype=h.dtype, device=h.device)
+    for attempt in range(6):
+        try:
+            hd = h + eye * (damp * mean_diag * 10**attempt)
+            chol = torch.linalg.cholesky(hd)
+            hinv = torch.cholesky_inverse(chol)
+            return torch.linalg.cholesky(hinv, upper=True)
+        except torch.linalg.LinAlgError:
+            continue
+    raise torch.linalg.LinAlgError("Hessian is not positive definite even after damping")
+
+
+def gptq_quantize(
+    w: torch.Tensor,
+    hessian: torch.Tensor,
+    dtype: QuantDtype,
+    algorithm: str = "normal",
+    percentile: float = 99.99,
+    block_size: int = 128,
+    damp: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize ``w`` [out, in] with GPTQ; returns int8 ``q`` [out, in], fp16 scales [out, G].
+
+    ``algorithm`` chooses each group's clipping threshold (see :mod:`.calibrators`).
+    """
+    w = w.detach().float().clone()
+    h = hessian.detach().float().to(w.device).clone()
+    out_f, in_f = w.shape
+    g = dtype.group_size
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    hinv = _inverse_hessian_cholesky(h, damp)
+
+    n_groups = 1 if g is None else in_f // g
+    scales = torch.empty(out_f, n_groups, dtype=torch.float16, device=w.device)
+    q_all = torch.empty(out_f, in_f, dtype=torch.int8, device=w.device)
+    if g is None:
+        scales[:, 0] = scales_from_threshold(
+            block_threshold(w.unsqueeze(1), dtype, algorithm, percentile)[:, 0], dtype
+        )
+    # blocks never split a group, so a group's columns are all in the current block
+    bs = max(block_size, g or 0)
+    for i1 in range(0, in_f, bs):
+        i2 = min(i1 + bs, in_f)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        s_cur = scales[:, 0].float()
+        for i in range(i2 - i1):
+            col = i1 + i
+            if g is not None:
+                if col % g == 0:
+                    grp = w1[:, i : i + g]
+                    t = block_threshold(grp.unsqueeze(1), dtype, algorithm, percentile)[:, 0]
+                    scales[:, col // g] = scales_from_threshold(t, dtype)
+                s_cur = scales[:, col // g].float()
+            wc = w1[:, i]
+            q = torch.clamp(torch.round(wc / s_cur), dtype.qmin, dtype.qmax)
+            q_all[:, col] = q.to(torch.int8)
+            e = (wc - q * s_cur) / hinv1[i, i]
+            w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
+            err1[:, i] = e
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return q_all, scales
