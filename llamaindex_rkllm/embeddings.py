@@ -1,0 +1,134 @@
+"""``RKLLMEmbedding``: LlamaIndex embeddings from an RKLLM model's last hidden layer."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+
+from rkllm_core import EmbeddingConfig, RKLLMModel, RuntimeConfig
+
+from ._loading import load_model
+
+# LlamaIndex hands _get_text_embeddings this many texts at a time. Larger than the core's
+# forward batch on purpose: the core sorts each call's texts by length before cutting its own
+# batches, so more texts per call means less padding; 32 still keeps the progress bar moving.
+DEFAULT_EMBED_BATCH_SIZE = 32
+
+_OVERRIDES = ("strategy", "pooling", "normalize", "query_instruction", "max_tokens", "batch_size")
+
+
+class RKLLMEmbedding(BaseEmbedding):
+    """Query and document embeddings from the model's last hidden layer.
+
+    >>> from llamaindex_rkllm import RKLLMEmbedding
+    >>> embed = RKLLMEmbedding(model="smollm2", query_instruction="Represent the question: ")
+    >>> vector = embed.get_query_embedding("Where does the Lumen River start?")
+
+    Fields left at ``None`` take the model's default :class:`~rkllm_core.EmbeddingConfig`
+    (PromptEOL for chat models, last-token pooling for dedicated embedding models).
+    ``pooling`` applies to the ``plain`` and ``echo`` strategies; PromptEOL is defined by its
+    last token. The model is shared with :class:`RKLLM` and the LangChain classes when they
+    point at the same file and runtime config.
+    """
+
+    model: str = Field(
+        default="smollm2",
+        description="Model file or directory (.rkllm, .gguf, HF dir) or a known demo name.",
+    )
+    backend: Literal["auto", "npu", "pc"] = Field(default="auto")
+    runtime_config: RuntimeConfig | None = Field(
+        default=None,
+        description="Runtime parameters the model is loaded with (None: the defaults, shared).",
+    )
+    context_window: int | None = Field(
+        default=None, gt=0, description="Load with this max_context_len (None: default)."
+    )
+    strategy: Literal["plain", "prompteol", "echo"] | None = Field(
+        default=None, description="How a text becomes one vector (see EmbeddingConfig)."
+    )
+    pooling: Literal["last", "mean", "first"] | None = Field(
+        default=None, description="Pooling over the text's tokens (plain / echo strategies)."
+    )
+    normalize: bool | None = Field(default=None, description="L2-normalise the vectors.")
+    query_instruction: str | None = Field(
+        default=None, description="Prefix for queries (not documents), e.g. an instruction."
+    )
+    max_tokens: int | None = Field(
+        default=None, gt=0, description="Truncate each text to this many tokens."
+    )
+    batch_size: int | None = Field(
+        default=None, ge=1, description="Sequences per forward pass inside the engine."
+    )
+    engine_options: dict[str, Any] = Field(default_factory=dict)
+    embed_batch_size: int = Field(default=DEFAULT_EMBED_BATCH_SIZE, gt=0, le=2048)
+
+    _model: RKLLMModel = PrivateAttr()
+    _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def __init__(self, model: str | RKLLMModel = "smollm2", **kwargs: Any) -> None:
+        loaded = model if isinstance(model, RKLLMModel) else None
+        name = loaded.info.model_path if loaded is not None else str(model)
+        super().__init__(model=name, **kwargs)
+        self._model = loaded or load_model(
+            self.model,
+            self.runtime_config,
+            self.context_window,
+            self.backend,
+            self.engine_options,
+        )
+        self.model_name = self._model.info.model_name
+        self._overrides = {
+            key: getattr(self, key) for key in _OVERRIDES if getattr(self, key) is not None
+        }
+        config = self.embedding_config  # validates the combination once, here
+        if config.strategy == "prompteol" and self.pooling not in (None, "last"):
+            raise ValueError(
+                f"pooling={self.pooling!r} has no effect with the 'prompteol' strategy, which"
+                f" always uses the last token; pass strategy='plain' or 'echo' to pool"
+            )
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "RKLLMEmbedding"
+
+    @property
+    def core_model(self) -> RKLLMModel:
+        """The loaded :class:`rkllm_core.RKLLMModel` (shared with other classes)."""
+        return self._model
+
+    @property
+    def embedding_config(self) -> EmbeddingConfig:
+        """The effective configuration: the model's defaults with this instance's fields."""
+        base = self._model.embedding_config.model_dump()
+        return EmbeddingConfig(**{**base, **self._overrides})
+
+    @property
+    def dimension(self) -> int | None:
+        """Length of the vectors (the model's hidden size), when known."""
+        return self._model.info.hidden_size
+
+    # --- sync -------------------------------------------------------------------------------
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self._model.embed([query], is_query=True, **self._overrides)[0].tolist()
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._model.embed([text], **self._overrides)[0].tolist()
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        # one core call per LlamaIndex batch: the core batches the forward passes itself
+        return self._model.embed(list(texts), **self._overrides).tolist()
+
+    # --- async: the core runs the work off the event loop ------------------------------------
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        vectors = await self._model.aembed([query], is_query=True, **self._overrides)
+        return vectors[0].tolist()
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return (await self._model.aembed([text], **self._overrides))[0].tolist()
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return (await self._model.aembed(list(texts), **self._overrides)).tolist()
