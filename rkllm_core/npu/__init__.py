@@ -1,0 +1,1 @@
+"""The NPU engine: Rockchip's librkllmrt.so through cffi (ABI mode), for every runtime family."""
