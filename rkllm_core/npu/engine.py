@@ -337,6 +337,9 @@ class NPUEngine:
         self._ffi = self.runtime.ffi
         self._lib: Any = self.runtime.lib
 
+        # Before rkllm_init: a bad tokenizer= must not cost a model load.
+        self.tokenizer: NPUTokenizer | None = self._load_tokenizer(tokenizer)
+
         self._handle = _Handle(self.runtime)
         self._dispatcher = _Dispatcher(self.runtime, self._handle)
         self._init_handle(model_path)
@@ -345,9 +348,12 @@ class NPUEngine:
 
         if self.spec.chat_template:
             # The model layer renders chat templates itself: make the runtime add nothing.
-            self._call("rkllm_set_chat_template", self._handle.ptr, b"", b"", b"")
+            try:
+                self._call("rkllm_set_chat_template", self._handle.ptr, b"", b"", b"")
+            except BaseException:
+                self._finalizer()  # nothing half-done: the handle goes with the failure
+                raise
             self._raw_prompt = True
-        self.tokenizer: NPUTokenizer | None = self._load_tokenizer(tokenizer)
         if not self.spec.chat_template and self.tokenizer is None:
             log.warning(
                 "RKLLM runtime family 1.1 always wraps text prompts in the model's built-in chat"
@@ -464,8 +470,7 @@ class NPUEngine:
             vocab_size=m.vocab_size,
             num_layers=m.num_layers,
             platform=m.platform,
-            quantization=str(m.get("general.file_type")) if m.get("general.file_type") is not None
-            else None,
+            quantization=None,  # the .rkllm file_type codes are not documented
             tokenizer=self.tokenizer.source if self.tokenizer else None,
             chat_template=m.chat_template,
             template_parts=m.template_parts,
@@ -477,6 +482,7 @@ class NPUEngine:
                 "family_reason": ident.reason,
                 "toolkit_version": m.toolkit_version,
                 "model_max_context": m.max_context,
+                "file_type": m.get("general.file_type"),
                 "raw_prompt": self._raw_prompt or self.tokenizer is not None,
                 "supports_keep_history": self.family != "1.1",
                 "per_run_sampling": self.spec.sampling_per_run,
