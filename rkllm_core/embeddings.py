@@ -89,12 +89,21 @@ def default_embedding_config(architecture: str | None, model_name: str) -> Embed
     """The strategy measured best for this kind of model (see benchmarks/retrieval.py).
 
     Dedicated embedding models (Qwen3-Embedding and the like) were trained for last-token
-    pooling of the plain text; generative chat models do best with PromptEOL.
+    pooling of the plain text with an instruction on the query side; generative chat models
+    do best with PromptEOL plus a retrieval instruction on queries (SmolLM2-135M, 30 invented
+    facts: recall@1 0.93 against 0.33 for plain last-token and 0.73 for mean pooling).
     """
     name = model_name.lower()
     if "embed" in name or "gte" in name or "bge" in name:
-        return EmbeddingConfig(strategy="plain", pooling="last")
-    return EmbeddingConfig(strategy="prompteol")
+        return EmbeddingConfig(
+            strategy="plain",
+            pooling="last",
+            query_instruction="Instruct: Given a question, retrieve passages that answer it\nQuery: ",
+        )
+    return EmbeddingConfig(strategy="prompteol", query_instruction=RETRIEVAL_INSTRUCTION)
+
+
+RETRIEVAL_INSTRUCTION = "Find the passage that answers this question: "
 
 
 def chunked(items: Sequence[EmbeddingSequence], size: int) -> list[list[EmbeddingSequence]]:
