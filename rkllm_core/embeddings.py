@@ -98,7 +98,9 @@ def default_embedding_config(architecture: str | None, model_name: str) -> Embed
         return EmbeddingConfig(
             strategy="plain",
             pooling="last",
-            query_instruction="Instruct: Given a question, retrieve passages that answer it\nQuery: ",
+            query_instruction=(
+                "Instruct: Given a question, retrieve passages that answer it\nQuery: "
+            ),
         )
     return EmbeddingConfig(strategy="prompteol", query_instruction=RETRIEVAL_INSTRUCTION)
 
