@@ -5,6 +5,38 @@ calls ``rkllm_run`` (or ``rkllm_run_async`` and waits for FINISH when ``is_async
 the runtime's callbacks into events. The callback never raises into C: exceptions are kept and
 reported after the run, WAITING states are joined so text never breaks inside a UTF-8
 character, and hidden states / logits are copied before the callback returns.
+
+Behaviour that differs by runtime family (what the runtime cannot do is never faked silently):
+
+* **Prompts.** The model layer renders chat templates itself, so on 1.2.0+ the engine puts the
+  runtime in raw-prompt mode at init (``rkllm_set_chat_template(h, "", "", "")``) until the
+  user calls :meth:`NPUEngine.set_chat_template`. Family 1.1 has no such call and always wraps
+  text prompts in the model's built-in template: there the engine sends prompts as token ids
+  (token input bypasses the template) when a tokenizer is available, and warns otherwise.
+  ``info.extra["raw_prompt"]`` says whether prompts reach the model unchanged.
+* **Sampling.** 1.3 takes every sampling field and ``max_new_tokens`` per run
+  (``RKLLMSamplingParam``). Older families take sampling only at ``rkllm_init``: per-call
+  values that differ from the :class:`RuntimeConfig` are ignored with one warning per engine
+  (re-initialising would reload the model); a smaller per-call ``max_new_tokens`` is enforced
+  here by stopping the run (reason ``"length"``), a larger one is capped with a warning.
+  ``seed`` has no runtime counterpart and is ignored.
+* **Stopping.** On 1.2.1+ a stop (sink returned False, limit, callback error) pauses through
+  the callback's return value (1), within the same token. 1.1/1.2.0 callbacks return void:
+  ``rkllm_abort`` is called from a helper thread (not from inside the runtime's own callback,
+  which may deadlock) and the tokens delivered meanwhile are dropped. :meth:`NPUEngine.abort`
+  calls ``rkllm_abort`` directly. A run that gets no FINISH after a stop is ended by the engine
+  after a grace period.
+* **History.** 1.1 has no ``keep_history`` (every run starts empty; ``info.extra
+  ["supports_keep_history"]`` is False) and no ``rkllm_clear_kv_cache`` (clearing is a no-op).
+  1.2.0 clears the whole cache only; 1.2.1+ also clears per-batch ranges.
+* **Features by family.** logits mode from 1.2.0; role / enable_thinking, perf stats, function
+  tools, kv cache size, cross attention from 1.2.1; per-run sampling and the 1.3 callback
+  struct from 1.3. A feature the family lacks raises :class:`UnsupportedFeatureError`; an init
+  field it lacks (``n_keep`` on 1.1, ``n_batch`` before 1.2.1 …) is ignored with a warning.
+* **Usage.** ``prompt_tokens`` / ``completion_tokens`` come from the runtime's perf stats on
+  1.2.1+, otherwise from counting (token input length, the tokenizer for text, callbacks).
+* **Batches.** :class:`TokenBatchInput` runs one task per sequence (``keep_history=0``);
+  ``n_batch`` is passed to the runtime unchanged.
 """
 
 from __future__ import annotations

@@ -627,3 +627,22 @@ def test_token_events_are_token_events(rt: FakeRuntime, make_engine: Any) -> Non
     sink = run(eng, PromptInput("x"))
     assert [(e.text, e.token_id) for e in sink.tokens] == [("a", 11), ("b", 12)]
     assert all(isinstance(e, TokenEvent) for e in sink.tokens)
+
+
+def test_async_abort_without_finish_callback(rt: FakeRuntime, make_engine: Any,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime that never calls back after an abort must not hang the caller."""
+    monkeypatch.setattr("rkllm_core.npu.engine._STOP_GRACE_S", 0.2)
+    eng = make_engine(RuntimeConfig(is_async=True))
+    rt.script("X;Z:2000:2;F")
+    sink = ListSink(stop_after=3)
+    t0 = time.monotonic()
+    run(eng, PromptInput("go"), sink)
+    assert time.monotonic() - t0 < 2.0
+    assert len(sink.tokens) == 3 and sink.finish.reason == "stop"
+    time.sleep(0.05)
+    rec = rt.rec()
+    assert "callback.returned" in rec or rec.get("run.aborted") == "1"
+    # late callbacks of that run are ignored; the next run is clean
+    rt.script("N:6f6b:1;F")
+    assert run(eng, PromptInput("again")).text == "ok"

@@ -171,3 +171,27 @@ def test_tokenizer_from_metadata(tmp_path: Path) -> None:
                                                tokens.index("hello")]
     for text in ("héllo wörld 你好 🎉", "a\nb\tc", "12345"):
         assert tok.decode(tok.encode(text)) == text
+
+
+def test_sentencepiece_tokenizer_from_metadata(tmp_path: Path) -> None:
+    pieces = ["<unk>", "<s>", "</s>", "\u2581hello", "\u2581world", "\u2581", "h", "e", "l",
+              "o", "w", "r", "d"] + [f"<0x{b:02X}>" for b in range(256)]
+    scores = [0.0, 0.0, 0.0, -1.0, -1.5, -3.0] + [-5.0] * 7 + [-10.0] * 256
+    types = [2, 3, 3] + [1] * 10 + [6] * 256
+    path = tmp_path / "spm.rkllm"
+    path.write_bytes(w.container([
+        ("general.architecture", w.STRING, "llama"),
+        ("tokenizer.ggml.model", w.STRING, "llama"),
+        ("tokenizer.ggml.tokens", w.ARRAY, (w.STRING, pieces)),
+        ("tokenizer.ggml.scores", w.ARRAY, (w.F32, scores)),
+        ("tokenizer.ggml.token_type", w.ARRAY, (w.I32, types)),
+        ("tokenizer.ggml.bos_token_id", w.U32, 1),
+        ("tokenizer.ggml.add_bos_token", w.BOOL, True),
+    ]))
+    tok = from_metadata(read_metadata(path))
+    assert tok is not None
+    assert tok.encode("hello world") == [3, 4]
+    assert tok.encode("hello world", add_special_tokens=True) == [1, 3, 4]
+    assert tok.decode([3, 4]) == "hello world"
+    ids = tok.encode("hé")  # "é" is not in the vocabulary: byte fallback
+    assert tok.decode(ids) == "hé" and 13 + 0xC3 in ids
