@@ -160,7 +160,9 @@ class _Dispatcher:
         if run.stop_kind is None:
             run.stop_kind = kind
             run.stop_time = time.monotonic()
-        if not self.returns_int and run.abort_thread is None:
+        if self.returns_int:
+            run.done.set()  # the caller returns 1 (pause) now: the task calls back no more
+        elif run.abort_thread is None:
             # Families 1.1/1.2.0 cannot pause through the return value: abort from a helper
             # thread, because calling rkllm_abort inside its own callback may deadlock.
             t = threading.Thread(target=self._abort_if_current, args=(run,), daemon=True)
@@ -182,8 +184,6 @@ class _Dispatcher:
             if run.error is None:
                 run.error = exc
             self.request_stop(run, "error")
-            if self.returns_int:
-                run.done.set()
             return _PAUSE
 
     def _handle(self, run: _Run, result: Any, state: int) -> int:
@@ -980,6 +980,7 @@ class NPUEngine:
         """Abort a running request and destroy the runtime handle; idempotent."""
         if self._closed:
             return
+        self.abort()  # a running request ends with reason "abort" before the handle goes
         self._closed = True
         self._finalizer()
 

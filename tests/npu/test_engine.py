@@ -646,3 +646,30 @@ def test_async_abort_without_finish_callback(rt: FakeRuntime, make_engine: Any,
     # late callbacks of that run are ignored; the next run is clean
     rt.script("N:6f6b:1;F")
     assert run(eng, PromptInput("again")).text == "ok"
+
+
+def test_async_sink_stop_returns_promptly(rt: FakeRuntime, make_engine: Any) -> None:
+    eng = make_engine(RuntimeConfig(is_async=True))
+    rt.script("Z:2000:2;F")
+    t0 = time.monotonic()
+    sink = run(eng, PromptInput("go"), ListSink(stop_after=2))
+    assert time.monotonic() - t0 < 1.0  # no waiting out the stop grace period
+    assert len(sink.tokens) == 2 and sink.finish.reason == "stop"
+
+
+def test_close_during_a_run(rt: FakeRuntime, make_engine: Any) -> None:
+    eng = make_engine()
+    before = rt.destroy_count()
+    rt.script("Z:2000:2;F")
+    started = threading.Event()
+    sink = ListSink(on_token=lambda n: started.set())
+    worker = threading.Thread(target=run, args=(eng, PromptInput("go"), sink))
+    worker.start()
+    assert started.wait(5)
+    eng.close()  # aborts, waits for the run to end, then destroys
+    worker.join(5)
+    assert not worker.is_alive()
+    assert sink.finish.reason == "abort"
+    assert rt.destroy_count() == before + 1
+    eng.close()
+    assert rt.destroy_count() == before + 1
