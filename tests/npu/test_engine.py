@@ -673,3 +673,17 @@ def test_close_during_a_run(rt: FakeRuntime, make_engine: Any) -> None:
     assert rt.destroy_count() == before + 1
     eng.close()
     assert rt.destroy_count() == before + 1
+
+
+def test_engine_protocol_and_missing_library(make_engine: Any, model_file: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    from rkllm_core.engine import Engine
+    from rkllm_core.errors import EngineUnavailableError
+    from rkllm_core.npu.engine import NPUEngine
+
+    assert isinstance(make_engine(), Engine)
+    monkeypatch.setattr("rkllm_core.npu.library.SYSTEM_DIRS", (str(tmp_path),))
+    monkeypatch.setenv("LD_LIBRARY_PATH", "")
+    with pytest.raises(EngineUnavailableError, match="PC engine"):
+        NPUEngine(str(model_file), RuntimeConfig())
