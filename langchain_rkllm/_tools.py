@@ -121,16 +121,19 @@ class MarkupHoldback:
         cut = buffer.find(TOOL_CALL_TAG)
         if cut >= 0:
             self.holding = True
-            return self._release(buffer[:cut])
+            return self._release(buffer[:cut].rstrip())
         keep = 0
         for n in range(min(len(TOOL_CALL_TAG) - 1, len(buffer)), 0, -1):
             if buffer.endswith(TOOL_CALL_TAG[:n]):
                 keep = n
                 break
-        if not self.released and not buffer.strip():
-            keep = len(buffer)  # leading whitespace: wait to see what follows
-        self._pending = buffer[len(buffer) - keep :] if keep else ""
-        return self._release(buffer[: len(buffer) - keep])
+        shown = buffer[: len(buffer) - keep]
+        # Whitespace is held until text follows: before a tool call it is not content.
+        shown_stripped = shown.rstrip()
+        if not self.released:
+            shown_stripped = shown_stripped.lstrip() and shown_stripped
+        self._pending = buffer[len(shown_stripped) :]
+        return self._release(shown_stripped)
 
     def _release(self, text: str) -> str:
         self.released += text

@@ -56,7 +56,7 @@ class ChatRKLLM(RKLLMParams, BaseChatModel):
     ``tool_choice`` other than ``auto`` is enforced by starting the answer with the call.
     """
 
-    model_config = ConfigDict(populate_by_name=True, protected_namespaces=())
+    model_config = ConfigDict(populate_by_name=True, protected_namespaces=(), extra="forbid")
 
     streaming: bool = False
     """Prefer streaming in ``invoke`` (answers are always produced by streaming anyway)."""

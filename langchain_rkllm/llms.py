@@ -30,7 +30,7 @@ class RKLLM(RKLLMParams, LLM):
             print(llm.invoke("The three primary colours are"))
     """
 
-    model_config = ConfigDict(populate_by_name=True, protected_namespaces=())
+    model_config = ConfigDict(populate_by_name=True, protected_namespaces=(), extra="forbid")
 
     @property
     def _llm_type(self) -> str:
