@@ -393,6 +393,9 @@ class RKLLMModel:
         if all(isinstance(x, int) and not isinstance(x, bool) for x in items):
             return TokenInput(tuple(int(x) for x in items)), _Turn(None, None, keep_history, False)
         messages = normalize_messages(items)
+        if keep_history and self.info.extra.get("supports_keep_history") is False:
+            # the runtime cannot keep a conversation (family 1.1): send it whole every turn
+            keep_history = False
         if not keep_history:
             text = self.render_chat(
                 messages, tools=tools, add_generation_prompt=add_generation_prompt,
@@ -481,7 +484,7 @@ class RKLLMModel:
             add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking,
         )
         request = Request(
-            input=item, sampling=params, mode=InferMode.GENERATE, keep_history=keep_history,
+            input=item, sampling=params, mode=InferMode.GENERATE, keep_history=ctx.keep_history,
             role=role, enable_thinking=bool(enable_thinking), lora_adapter=lora_adapter,
         )
         channel, deliver = channel_factory()
