@@ -11,6 +11,7 @@ from langchain_tests.integration_tests import (
 )
 
 from langchain_rkllm import ChatRKLLM, RKLLMEmbeddings
+from rkllm_core import KNOWN_MODELS, fetch_model
 
 from .conftest import DEMO_MODEL
 
@@ -25,7 +26,13 @@ class TestChatRKLLMIntegration(ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         # Greedy and short: SmolLM2 on shared CPU cores decodes a few tokens per second.
-        return {"model": DEMO_MODEL, "temperature": 0, "max_tokens": 12}
+        return {"model": DEMO_MODEL, "temperature": 0, "max_tokens": 8}
+
+    @property
+    def model_override_value(self) -> str:
+        # Another name for the same model (its file path): the per-call ``model=`` path is
+        # exercised, and shared_model resolves it to the already loaded copy.
+        return str(fetch_model(DEMO_MODEL)) if DEMO_MODEL in KNOWN_MODELS else DEMO_MODEL
 
     # What SmolLM2-135M can actually do. The code paths behind these flags (bind_tools,
     # tool_choice, with_structured_output in all three methods) exist and are tested in
