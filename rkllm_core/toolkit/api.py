@@ -195,6 +195,15 @@ class RKLLM:
         lm = AutoModelForCausalLM.from_pretrained(
             path.parent, gguf_file=path.name, dtype=torch.float32
         )
+        # the weights are fully dequantized: drop the "gguf-quantized" marks transformers leaves,
+        # which would block dtype casts and leak into the exported config
+        for attr in ("hf_quantizer", "quantization_method"):
+            if getattr(lm, attr, None) is not None:
+                setattr(lm, attr, None)
+        if "is_quantized" in vars(lm):
+            lm.is_quantized = False
+        if hasattr(lm.config, "quantization_config"):
+            delattr(lm.config, "quantization_config")
         self._set_model(lm.eval(), tokenizer, "cpu")
         self._source = {
             "kind": "gguf",
