@@ -24,16 +24,24 @@ class LoadedModel:
 
 
 def gguf_file_type(path: Path) -> str | None:
-    """Name of the dominant tensor type of a GGUF file (e.g. ``Q4_1``), read from its header."""
+    """The file's quantization (e.g. ``Q4_K_M``): ``general.file_type``, else the tensor type
+    holding most weights."""
     try:
         import gguf
     except ImportError:  # pragma: no cover - gguf is part of the [pc] extra
         return None
     reader = gguf.GGUFReader(str(path))
+    field = reader.fields.get("general.file_type")
+    if field is not None:
+        try:
+            name = gguf.LlamaFileType(int(field.contents())).name
+            return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        except ValueError:
+            pass
     counts: dict[str, int] = {}
     for tensor in reader.tensors:
-        name = tensor.tensor_type.name
-        counts[name] = counts.get(name, 0) + int(tensor.n_elements)
+        kind = tensor.tensor_type.name
+        counts[kind] = counts.get(kind, 0) + int(tensor.n_elements)
     return max(counts, key=counts.__getitem__) if counts else None
 
 

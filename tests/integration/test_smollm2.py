@@ -112,3 +112,47 @@ def test_fetch_verifies_checksums(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         models.fetch_model("tiny")
     assert not list(tmp_path.rglob("six.py"))  # nothing half-written in the cache
     assert os.environ["RKLLM_CACHE_DIR"] == str(tmp_path)
+
+
+def test_chat_command_ctrl_c_interrupts_the_answer_then_exits_cleanly() -> None:
+    import select
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "rkllm_core.cli", "chat", "smollm2",
+         "--max-new-tokens", "400"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    out_fd = proc.stdout.fileno()
+    buffer = b""
+
+    def read_until(marker: str, timeout: float) -> None:
+        # raw reads: a buffered text reader would hide data from select()
+        nonlocal buffer
+        wanted = marker.encode()
+        deadline = time.monotonic() + timeout
+        while wanted not in buffer:
+            left = deadline - time.monotonic()
+            assert left > 0, f"timed out waiting for {marker!r}; got {buffer[-500:]!r}"
+            ready, _, _ = select.select([out_fd], [], [], left)
+            if ready:
+                data = os.read(out_fd, 4096)
+                assert data, f"process ended early: {buffer[-500:]!r}"
+                buffer += data
+        buffer = buffer[buffer.index(wanted) + len(wanted):]
+
+    try:
+        read_until("user: ", 240)
+        proc.stdin.write(b"Write a very long story about a dragon who learns to bake bread.\n")
+        read_until("robot: ", 60)
+        read_until(" ", 60)  # some of the answer has streamed
+        proc.send_signal(signal.SIGINT)
+        read_until("(interrupted)", 60)
+        read_until("user: ", 60)
+        proc.stdin.write(b"exit\n")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
