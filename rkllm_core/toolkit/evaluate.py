@@ -96,7 +96,7 @@ def perplexity(
     max_windows: int | None = None,
     desc: str = "perplexity",
 ) -> PerplexityResult:
-    """Perplexity of ``model`` on token ids ``ids`` with non-overlapping ``window``-token windows."""
+    """Perplexity of ``model`` on ``ids`` over non-overlapping ``window``-token windows."""
     import torch
     from tqdm.auto import tqdm
 
@@ -129,3 +129,131 @@ def calibration_samples(tokenizer: Any, text: str, n: int, tokens: int) -> list[
         chunk = ids[i * tokens : (i + 1) * tokens].tolist()
         out.append({"input": tokenizer.decode(chunk), "target": ""})
     return out
+
+
+# --------------------------------------------------------------------------- perplexity table
+
+
+@dataclass
+class QuantConfig:
+    """One row of a perplexity table: ``float`` or ``DTYPE[:ALGORITHM][:dynamic][:opt]``."""
+
+    label: str
+    dtype: str | None  # None: the float model
+    algorithm: str = "normal"
+    optimization_level: int = 0
+    activation_mode: str = "static"
+
+    @classmethod
+    def parse(cls, spec: str) -> QuantConfig:
+        parts = [p.strip().lower() for p in spec.split(":") if p.strip()]
+        if not parts:
+            raise ConfigError("empty quantization spec")
+        if parts[0] in ("float", "fp32", "fp16"):
+            return cls("float", None)
+        cfg = cls(spec, parts[0])
+        for p in parts[1:]:
+            if p == "opt":
+                cfg.optimization_level = 1
+            elif p in ("dynamic", "static"):
+                cfg.activation_mode = p
+            else:
+                cfg.algorithm = p
+        return cfg
+
+    def platform(self) -> tuple[str, int]:
+        """The first platform (and its core count) that runs this dtype."""
+        from .quant.formats import PLATFORMS
+
+        for p in PLATFORMS.values():
+            if self.dtype in p.dtypes:
+                return p.name, max(p.npu_cores)
+        raise ConfigError(f"no platform runs {self.dtype!r}")
+
+
+@dataclass
+class TableRow:
+    config: QuantConfig
+    result: PerplexityResult | None
+    note: str = ""
+    seconds: float = 0.0
+
+
+def perplexity_table(
+    llm: Any,
+    configs: list[QuantConfig],
+    ids: Any,
+    dataset: list[dict[str, str]] | None,
+    max_windows: int | None = None,
+) -> list[TableRow]:
+    """Build every config with ``llm`` (an :class:`~.api.RKLLM` holding a loaded model) and
+    measure perplexity on ``ids``.
+
+    A dynamic-activation config reuses the weights of the same static build when one was
+    made (the weights do not depend on the activation mode), switching only the mode.
+    """
+    import copy
+    import time
+
+    from .quant.qlinear import QuantLinear
+
+    rows: list[TableRow] = []
+    static_builds: dict[tuple[str, str, int], Any] = {}
+    strict = llm.strict
+    llm.strict = True
+    try:
+        for cfg in configs:
+            start = time.perf_counter()
+            if cfg.dtype is None:
+                model = llm._model
+            else:
+                key = (cfg.dtype, cfg.algorithm, cfg.optimization_level)
+                if cfg.activation_mode == "dynamic" and key in static_builds:
+                    model = copy.deepcopy(static_builds[key])
+                    for m in model.modules():
+                        if isinstance(m, QuantLinear) and m.act_mode == "static":
+                            m.act_mode, m.act_scale = "dynamic", None
+                else:
+                    platform, cores = cfg.platform()
+                    try:
+                        llm.build(
+                            optimization_level=cfg.optimization_level,
+                            quantized_dtype=cfg.dtype,
+                            quantized_algorithm=cfg.algorithm,
+                            target_platform=platform,
+                            num_npu_core=cores,
+                            dataset=dataset,
+                            activation_mode=cfg.activation_mode,
+                        )
+                    except Exception as exc:  # a config this model cannot take: say why
+                        rows.append(TableRow(cfg, None, str(exc)))
+                        continue
+                    model = llm.model
+                    if cfg.activation_mode == "static":
+                        static_builds[key] = model
+            res = perplexity(model, ids, max_windows=max_windows, desc=cfg.label)
+            rows.append(TableRow(cfg, res, seconds=time.perf_counter() - start))
+    finally:
+        llm.strict = strict
+    return rows
+
+
+def format_table(rows: list[TableRow]) -> str:
+    """Markdown table: config, perplexity, change vs float."""
+    base = next((r.result.perplexity for r in rows if r.config.dtype is None and r.result), None)
+    lines = [
+        "| config | act | opt | PPL | vs float | time s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c = r.config
+        act = "-" if c.dtype is None or "a16" in c.dtype else c.activation_mode
+        opt = "-" if c.dtype is None else ("yes" if c.optimization_level else "no")
+        name = "float" if c.dtype is None else f"{c.dtype} ({c.algorithm})"
+        if r.result is None:
+            lines.append(f"| {name} | {act} | {opt} | n/a | {r.note[:90]} | |")
+            continue
+        ppl = r.result.perplexity
+        rel = f"{(ppl / base - 1) * 100:+.2f}%" if base else ""
+        lines.append(f"| {name} | {act} | {opt} | {ppl:.3f} | {rel} | {r.seconds:.0f} |")
+    return "\n".join(lines)

@@ -330,6 +330,7 @@ def sequential_gptq(
         prefix = f"{layers_name}.{index}."
         mine = {n: m for n, m in targets.items() if n.startswith(prefix)}
         acc = {n: HessianAccumulator(m.in_features) for n, m in mine.items()}
+        rows: dict[str, list[torch.Tensor]] = {}
         handles = []
         for name, lin in mine.items():
 
@@ -338,11 +339,13 @@ def sequential_gptq(
                 inp: tuple[Any, ...],
                 name: str = name,
                 acc: dict[str, HessianAccumulator] = acc,
+                rows: dict[str, list[torch.Tensor]] = rows,
             ) -> None:
                 x = inp[0].reshape(-1, inp[0].shape[-1])
                 acc[name].add(x)
                 if want_hist:
                     hists.setdefault(name, AbsHistogram()).update(x)
+                    rows.setdefault(name, []).append(_sample_rows(x))
 
             handles.append(lin.register_forward_pre_hook(hook))
         try:
@@ -359,10 +362,57 @@ def sequential_gptq(
                 log.warning("GPTQ failed on %s (%s): rounding to nearest instead", name, exc)
                 q, s = _rtn(lin.weight, dt, plan)
             results[name] = LayerResult(dt, q, s)
+            if want_hist and dt.quantizes_activations:
+                t0 = activation_threshold(hists[name], plan.algorithm, 8, plan.percentile)
+                results[name].act_scale = search_act_scale(lin, q, s, dt, torch.cat(rows[name]), t0)
             lin.weight.copy_(dequantize_weight(q, s, dt.group_size).to(lin.weight.dtype))
         for b in range(len(hidden)):
             hidden[b] = _layer_forward(layer, hidden[b], layer_kwargs[index][b])
     return results
+
+
+def _sample_rows(x: torch.Tensor, top: int = 4, rand: int = 28) -> torch.Tensor:
+    """Rows (tokens) of ``x`` kept for the activation clip search: the largest and a few
+    random ones, so that outlier tokens (attention sinks) are always represented."""
+    x = x.detach().float()
+    if x.shape[0] <= top + rand:
+        return x.cpu()
+    mags = x.abs().amax(dim=1)
+    top_idx = mags.topk(top).indices
+    g = torch.Generator().manual_seed(x.shape[0])
+    rand_idx = torch.randperm(x.shape[0], generator=g)[:rand].to(x.device)
+    return x[torch.cat([top_idx, rand_idx])].cpu()
+
+
+#: Clip ratios tried by the static activation-scale search (relative to the calibrator's T).
+CLIP_RATIOS = (1.0, 0.85, 0.7, 0.55, 0.45, 0.35, 0.25, 0.18, 0.12, 0.08)
+
+
+@torch.no_grad()
+def search_act_scale(
+    lin: nn.Linear,
+    q: torch.Tensor,
+    s: torch.Tensor,
+    dtype: QuantDtype,
+    x: torch.Tensor,
+    t0: float,
+) -> float:
+    """The static activation scale (``T / 127``, T = ratio * t0) with the smallest output error.
+
+    The error is that of the simulated integer layer against the float layer on sampled
+    calibration tokens; ratio 1 (the calibrator's own choice) is always a candidate.
+    """
+    w = lin.weight.detach().float().cpu()
+    ref = x @ w.t()
+    layer = QuantLinear.from_quantized(q.cpu(), s.cpu(), dtype, None, "static", t0 / 127.0)
+    best, best_err = t0 / 127.0, float("inf")
+    for ratio in CLIP_RATIOS:
+        scale = t0 * ratio / 127.0
+        layer.act_scale.fill_(scale)
+        err = float(((layer(x) - ref) ** 2).sum())
+        if err < best_err:
+            best, best_err = scale, err
+    return best
 
 
 def _rtn(w: torch.Tensor, dtype: QuantDtype, plan: BuildPlan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -452,8 +502,8 @@ def quantize_model(
     new_layers: dict[str, QuantLinear] = {}
     for name, lin in targets.items():
         res = results[name]
-        act_scale = None
-        if plan.act_mode == "static" and res.dtype.quantizes_activations:
+        act_scale = res.act_scale
+        if act_scale is None and plan.act_mode == "static" and res.dtype.quantizes_activations:
             t = activation_threshold(hists[name], plan.algorithm, 8, plan.percentile)
             act_scale = t / 127.0
         bias = lin.bias.detach() if lin.bias is not None else None
