@@ -1,0 +1,86 @@
+"""GPTQ, SmoothQuant and hybrid_rate do what they promise."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from rkllm_core.toolkit import RKLLM
+from rkllm_core.toolkit.quant.formats import dequantize_weight, parse_dtype, quantize_weight
+from rkllm_core.toolkit.quant.gptq import HessianAccumulator, gptq_quantize
+from rkllm_core.toolkit.quant.pipeline import target_linears
+from rkllm_core.toolkit.quant.smoothquant import smoothing_factors
+
+
+def _correlated_inputs(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d, d, generator=g) / d**0.5
+    return torch.randn(n, d, generator=g) @ mix * torch.linspace(0.2, 3.0, d)
+
+
+def test_gptq_beats_round_to_nearest_on_output_error() -> None:
+    d_in, d_out = 128, 64
+    x = _correlated_inputs(2048, d_in)
+    w = torch.randn(d_out, d_in, generator=torch.Generator().manual_seed(1)) * 0.1
+    acc = HessianAccumulator(d_in)
+    for chunk in x.split(512):
+        acc.add(chunk)
+    assert torch.allclose(acc.h, 2 * x.t() @ x / x.shape[0], rtol=1e-3, atol=1e-3)
+    for name in ("w4a16", "w4a16_g32", "w8a8_g128"):
+        dt = parse_dtype(name)
+        q_rtn, s_rtn = quantize_weight(w, dt)
+        q_g, s_g = gptq_quantize(w, acc.h, dt)
+        assert q_g.dtype == torch.int8 and int(q_g.min()) >= dt.qmin and int(q_g.max()) <= dt.qmax
+        assert s_g.shape == s_rtn.shape and s_g.dtype == torch.float16
+        ref = x @ w.t()
+        err_rtn = (x @ dequantize_weight(q_rtn, s_rtn, dt.group_size).t() - ref).pow(2).mean()
+        err_gptq = (x @ dequantize_weight(q_g, s_g, dt.group_size).t() - ref).pow(2).mean()
+        assert err_gptq < 0.8 * err_rtn, (name, float(err_gptq), float(err_rtn))
+
+
+def test_smoothing_factors_balance_ranges() -> None:
+    a = torch.tensor([100.0, 1.0, 0.0])
+    w = torch.tensor([[0.01, 1.0, 1.0]])
+    s = smoothing_factors(a, [w], alpha=0.5)
+    assert torch.allclose(s[:2], torch.tensor([100.0, 1.0]))
+    assert s[2] == 1.0  # dead channel untouched
+    # after smoothing both sides of channel 0 have the same range
+    assert torch.isclose(a[0] / s[0], w[0, 0] * s[0])
+
+
+def test_smoothquant_and_gptq_keep_float_function(
+    tiny_model_dir: Callable[[str], Path], calib_json: Path
+) -> None:
+    """Level 1 on w8a8 must beat level 0 on the calibration text (same dtype, same data)."""
+    errs = {}
+    for level in (0, 1):
+        llm = RKLLM(strict=True)
+        llm.load_huggingface(str(tiny_model_dir("llama")))
+        text = "Calibration data decides the activation ranges of every linear layer."
+        ref = llm.get_logits(text)
+        llm.build(optimization_level=level, quantized_dtype="w8a8", dataset=str(calib_json))
+        errs[level] = float((llm.get_logits(text) - ref).norm() / ref.norm())
+        if level:
+            assert llm.manifest["calibration"]["smoothed_groups"] > 0
+            assert llm.manifest["optimizations"] == ["gptq", "smoothquant"]
+    assert errs[1] < errs[0], errs
+
+
+def test_hybrid_rate_switches_the_requested_share(
+    tiny_model_dir: Callable[[str], Path], calib_json: Path
+) -> None:
+    llm = RKLLM(strict=True)
+    llm.load_huggingface(str(tiny_model_dir("qwen2")))
+    n = len(target_linears(llm.model))
+    llm.build(optimization_level=0, quantized_dtype="w8a8", hybrid_rate=0.5,
+              dataset=str(calib_json))  # fmt: skip
+    switched = llm.manifest["hybrid_layers"]
+    assert len(switched) == round(0.5 * n)
+    from rkllm_core.toolkit.quant.qlinear import QuantLinear
+
+    dtypes = {name: m.qdtype.name for name, m in llm.model.named_modules()
+              if isinstance(m, QuantLinear)}  # fmt: skip
+    assert {dtypes[s] for s in switched} == {"w8a8_g128"}
+    assert sum(d == "w8a8" for d in dtypes.values()) == n - len(switched)
