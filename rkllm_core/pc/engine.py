@@ -57,8 +57,11 @@ class PCEngine:
         device: str = "cpu",
         num_threads: int | None = None,
     ) -> None:
-        if num_threads is not None:
-            torch.set_num_threads(num_threads)
+        # RuntimeConfig.enabled_cpus says how many cores the runtime may use; on the PC that
+        # becomes torch's thread count (pinning would affect the whole process)
+        threads = num_threads or config.enabled_cpus_num
+        if threads:
+            torch.set_num_threads(threads)
         loaded = load_pretrained(model, dtype=dtype)
         self._model = loaded.model.to(device)
         self._device = torch.device(device)
