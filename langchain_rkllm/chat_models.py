@@ -29,7 +29,7 @@ from rkllm_core import GenerationResult, RKLLMModel
 from ._common import Deadline, RKLLMParams, check_no_unknown, perf_metadata
 from ._generation import Assembler, Outcome, Plan, make_plan
 from ._messages import lc_invalid_tool_calls, lc_tool_calls, to_core_messages
-from ._tools import format_tools, tool_names
+from ._tools import format_tools, normalize_tool_choice, tool_names
 
 StructuredMethod = Literal["function_calling", "json_mode", "json_schema"]
 
@@ -256,8 +256,6 @@ class ChatRKLLM(RKLLMParams, BaseChatModel):
         """
         formatted = format_tools(tools)
         if tool_choice is not None:
-            from ._tools import normalize_tool_choice
-
             normalize_tool_choice(tool_choice, formatted)  # fail now, not at the first call
         return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
