@@ -126,10 +126,6 @@ class ChatRKLLM(RKLLMParams, BaseChatModel):
         )
         return model, plan, sampling, name
 
-    def _start(self, model: RKLLMModel, plan: Plan, sampling: dict[str, Any], stream: Callable
-               ) -> Any:
-        return stream(plan.prompt, tools=plan.tools if plan.mode == "tools" else None, **sampling)
-
     def _final_chunk(
         self, assembler: Assembler, result: GenerationResult, name: str
     ) -> ChatGenerationChunk:
@@ -150,7 +146,7 @@ class ChatRKLLM(RKLLMParams, BaseChatModel):
         model, plan, sampling, name = self._prepare(messages, stop, kwargs)
         assembler = Assembler(plan)
         deadline = Deadline(self.timeout)
-        stream = self._start(model, plan, sampling, model.stream)
+        stream = _start(plan, sampling, model.stream)
         try:
             for piece in stream:
                 text = assembler.push(piece.text)
@@ -173,7 +169,7 @@ class ChatRKLLM(RKLLMParams, BaseChatModel):
         model, plan, sampling, name = self._prepare(messages, stop, kwargs)
         assembler = Assembler(plan)
         deadline = Deadline(self.timeout)
-        stream = self._start(model, plan, sampling, model.astream)
+        stream = _start(plan, sampling, model.astream)
         try:
             async for piece in stream:
                 text = assembler.push(piece.text)
@@ -323,6 +319,11 @@ class ChatRKLLM(RKLLMParams, BaseChatModel):
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def _start(plan: Plan, sampling: dict[str, Any], stream: Callable[..., Any]) -> Any:
+    """Submit the request; only the auto-tools mode lets the core parse tool calls."""
+    return stream(plan.prompt, tools=plan.tools if plan.mode == "tools" else None, **sampling)
 
 
 def _remainder(content: str, assembler: Assembler) -> str:
