@@ -35,19 +35,20 @@ from rkllm_core.toolkit.evaluate import (
     tokenize_corpus,
 )
 
+# the rows the targets need come first
 CONFIGS = [
     "float",
-    "w8a8:normal",
-    "w8a8:normal:dynamic",
     "w8a8:normal:opt",
     "w8a8:normal:dynamic:opt",
-    "w8a8_g128:normal",
-    "w4a16_g32:normal",
-    "w4a16_g32:normal:opt",
     "w4a16_g128:normal",
     "w4a16_g128:normal:opt",
     "w4a16_g64:normal",
     "w4a16_g64:normal:opt",
+    "w8a8_g128:normal",
+    "w8a8:normal",
+    "w8a8:normal:dynamic",
+    "w4a16_g32:normal",
+    "w4a16_g32:normal:opt",
 ]
 
 
@@ -82,7 +83,13 @@ def main() -> int:
     calib = calibration_samples(llm.tokenizer, load_corpus("python-docs-howto"),
                                 args.calib_samples, 512)  # fmt: skip
     configs = [QuantConfig.parse(c) for c in args.configs]
-    rows = perplexity_table(llm, configs, ids, calib, max_windows=args.windows)
+
+    def progress(row) -> None:  # partial results survive an interrupted run
+        r = row.result
+        shown = f"{r.perplexity:.3f}" if r else f"n/a ({row.note[:120]})"
+        print(f"  {row.config.label}: {shown}  [{row.seconds:.0f} s]", flush=True)
+
+    rows = perplexity_table(llm, configs, ids, calib, max_windows=args.windows, on_row=progress)
     n_tokens = next((r.result.tokens for r in rows if r.result), 0)
 
     print(

@@ -185,6 +185,7 @@ def perplexity_table(
     ids: Any,
     dataset: list[dict[str, str]] | None,
     max_windows: int | None = None,
+    on_row: Any = None,
 ) -> list[TableRow]:
     """Build every config with ``llm`` (an :class:`~.api.RKLLM` holding a loaded model) and
     measure perplexity on ``ids``.
@@ -227,12 +228,16 @@ def perplexity_table(
                         )
                     except Exception as exc:  # a config this model cannot take: say why
                         rows.append(TableRow(cfg, None, str(exc)))
+                        if on_row is not None:
+                            on_row(rows[-1])
                         continue
                     model = llm.model
                     if cfg.activation_mode == "static":
                         static_builds[key] = model
             res = perplexity(model, ids, max_windows=max_windows, desc=cfg.label)
             rows.append(TableRow(cfg, res, seconds=time.perf_counter() - start))
+            if on_row is not None:
+                on_row(rows[-1])
     finally:
         llm.strict = strict
     return rows

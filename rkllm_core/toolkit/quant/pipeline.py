@@ -181,22 +181,31 @@ def observe(
 
         return hook
 
+    # Linear layers reading the same tensor (q/k/v, gate/up) share one statistics object:
+    # the statistics are computed once per distinct input of each forward pass
+    same_input: dict[int, tuple[torch.Tensor, _InputStats]] = {}
+
     def lin_hook(name: str, lin: nn.Linear):
         def hook(_m: nn.Module, inp: tuple[Any, ...]) -> None:
             x = inp[0]
             src = norm_outputs.get(id(x))
             if src is not None and src[1] is x:
                 feeds.setdefault(name, src[0])
-            x2 = x.detach().reshape(-1, lin.in_features).float().cpu()
+            shared = same_input.get(id(x))
+            if shared is not None and shared[0] is x:
+                stats[name] = shared[1]
+                return
             st = stats.get(name)
             if st is None:
                 st = stats[name] = _InputStats(
                     torch.zeros(lin.in_features),
-                    torch.zeros(lin.in_features, dtype=torch.float64),
+                    torch.zeros(lin.in_features),
                     hist=AbsHistogram() if want_hist else None,
                 )
+            same_input[id(x)] = (x, st)
+            x2 = x.detach().reshape(-1, lin.in_features).float().cpu()
             st.absmax = torch.maximum(st.absmax, x2.abs().amax(dim=0))
-            st.sumsq += (x2.double() ** 2).sum(dim=0)
+            st.sumsq += (x2**2).sum(dim=0)
             st.n += x2.shape[0]
             if st.hist is not None:
                 st.hist.update(x2)
@@ -229,6 +238,7 @@ def observe(
         for ids in tqdm(batches, desc="calibration", unit="batch"):
             model(input_ids=ids, use_cache=False)
             norm_outputs.clear()
+            same_input.clear()
     finally:
         for h in handles:
             h.remove()
@@ -331,6 +341,7 @@ def sequential_gptq(
         mine = {n: m for n, m in targets.items() if n.startswith(prefix)}
         acc = {n: HessianAccumulator(m.in_features) for n, m in mine.items()}
         rows: dict[str, list[torch.Tensor]] = {}
+        seen: dict[int, tuple[torch.Tensor, str]] = {}
         handles = []
         for name, lin in mine.items():
 
@@ -340,7 +351,16 @@ def sequential_gptq(
                 name: str = name,
                 acc: dict[str, HessianAccumulator] = acc,
                 rows: dict[str, list[torch.Tensor]] = rows,
+                seen: dict[int, tuple[torch.Tensor, str]] = seen,
             ) -> None:
+                prev = seen.get(id(inp[0]))
+                if prev is not None and prev[0] is inp[0]:  # q/k/v, gate/up: same input
+                    acc[name] = acc[prev[1]]
+                    if want_hist:
+                        hists[name] = hists[prev[1]]
+                        rows[name] = rows[prev[1]]
+                    return
+                seen[id(inp[0])] = (inp[0], name)
                 x = inp[0].reshape(-1, inp[0].shape[-1])
                 acc[name].add(x)
                 if want_hist:
@@ -351,6 +371,7 @@ def sequential_gptq(
         try:
             for b, h in enumerate(hidden):
                 _layer_forward(layer, h, layer_kwargs[index][b])
+                seen.clear()
         finally:
             for hd in handles:
                 hd.remove()
