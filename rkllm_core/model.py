@@ -237,7 +237,8 @@ class _Turn:
     """Bookkeeping of one generate call (for multi-turn history and tool parsing)."""
 
     def __init__(self, prompt_text: str | None, messages: list[dict] | None, keep_history: bool,
-                 parse_tools: bool) -> None:
+                 parse_tools: bool, role: str | None = None) -> None:
+        self.role = role  # the runtime's input role, when the runtime renders the turn
         self.prompt_text = prompt_text
         self.messages = messages
         self.keep_history = keep_history
@@ -393,6 +394,12 @@ class RKLLMModel:
         if all(isinstance(x, int) and not isinstance(x, bool) for x in items):
             return TokenInput(tuple(int(x) for x in items)), _Turn(None, None, keep_history, False)
         messages = normalize_messages(items)
+        if self.info.extra.get("raw_prompt") is False:
+            # the runtime applies its own template (set_chat_template): it takes the turn's
+            # text only, and keeps earlier turns itself when keep_history is on
+            last = messages[-1]
+            role = "tool" if last["role"] == "tool" else "user"
+            return PromptInput(last["content"]), _Turn(None, None, keep_history, bool(tools), role)
         if keep_history and self.info.extra.get("supports_keep_history") is False:
             # the runtime cannot keep a conversation (family 1.1): send it whole every turn
             keep_history = False
@@ -485,7 +492,8 @@ class RKLLMModel:
         )
         request = Request(
             input=item, sampling=params, mode=InferMode.GENERATE, keep_history=ctx.keep_history,
-            role=role, enable_thinking=bool(enable_thinking), lora_adapter=lora_adapter,
+            role=ctx.role or role, enable_thinking=bool(enable_thinking),
+            lora_adapter=lora_adapter,
         )
         channel, deliver = channel_factory()
         handler = _GenerationHandler(deliver, params.stop)

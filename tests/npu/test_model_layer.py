@@ -38,3 +38,30 @@ def test_model_over_npu_engine(family: str, model_file: Path) -> None:
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
         assert [v for k, v in rt.record() if k == "run.input_type"][-2:] == ["1", "1"]
     assert rt.rec()["destroy.handle"] == rec["run.handle"]
+
+
+@pytest.mark.parametrize("family", ["1.2.1", "1.3"])
+def test_runtime_template_receives_only_the_turn(family: str, model_file: Path) -> None:
+    """After set_chat_template the runtime wraps prompts: the model layer must not render."""
+    rt = fake_runtime(family)
+    with RKLLMModel(str(model_file), library=str(rt.path)) as model:
+        assert model.info.extra["raw_prompt"] is True
+        model.set_chat_template("SYS", "<u>", "</u><a>")
+        assert model.info.extra["raw_prompt"] is False
+        assert rt.rec()["chat_template.prefix"] == "<u>"
+        rt.script("N:6f6b:1;F")
+        conversation = [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "second question"},
+        ]
+        assert model.generate(conversation, keep_history=True).text == "ok"
+        rec = rt.rec()
+        assert rec["run.prompt"] == "second question"
+        assert rec["run.role"] == "user"
+        assert rec["run.keep_history"] == "1"
+        rt.script("N:6f6b:1;F")
+        model.generate([*conversation, {"role": "tool", "content": "42", "tool_call_id": "c1"}])
+        assert rt.rec()["run.prompt"] == "42"
+        assert rt.rec()["run.role"] == "tool"
