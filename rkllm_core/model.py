@@ -690,6 +690,25 @@ class RKLLMModel:
         """Replace the chat template with the runtime's system/prefix/postfix form."""
         self._call_on_worker(lambda: self._engine.set_chat_template(system, prefix, postfix))
 
+    def set_function_tools(self, system: str, tools_json: str, tool_response_str: str) -> None:
+        """Give the runtime OpenAI-style tools for its own template (NPU runtime 1.2.1+).
+
+        Only used when the runtime renders prompts itself (after :meth:`set_chat_template`);
+        otherwise pass ``tools=`` to :meth:`stream`, which renders them with the model's
+        template.
+        """
+        self._call_on_worker(
+            lambda: self._engine.set_function_tools(system, tools_json, tool_response_str)
+        )
+
+    def load_prompt_cache(self, path: str) -> None:
+        """Restore a prompt cache saved by an earlier run."""
+        self._call_on_worker(lambda: self._engine.load_prompt_cache(path))
+
+    def release_prompt_cache(self) -> None:
+        """Drop a restored prompt cache."""
+        self._call_on_worker(self._engine.release_prompt_cache)
+
     def load_lora(self, path: str, name: str, scale: float = 1.0) -> None:
         """Load a LoRA adapter; select it per call with ``lora_adapter=name``."""
         self._call_on_worker(lambda: self._engine.load_lora(path, name, scale))
