@@ -65,3 +65,13 @@ def test_runtime_template_receives_only_the_turn(family: str, model_file: Path) 
         model.generate([*conversation, {"role": "tool", "content": "42", "tool_call_id": "c1"}])
         assert rt.rec()["run.prompt"] == "42"
         assert rt.rec()["run.role"] == "tool"
+
+
+def test_function_tools_reach_the_runtime(model_file: Path) -> None:
+    rt = fake_runtime("1.3")
+    with RKLLMModel(str(model_file), library=str(rt.path)) as model:
+        model.set_function_tools("You can call tools.", '[{"type": "function"}]', "<resp>")
+        rec = rt.rec()
+        assert rec["function_tools.system"] == "You can call tools."
+        assert rec["function_tools.tools"] == '[{"type": "function"}]'
+        assert rec["function_tools.response"] == "<resp>"
