@@ -344,7 +344,7 @@ class RKLLM:
             hybrid_rate=float(hybrid_rate),
             gptq=gptq,
         )
-        needs_data = do_quantization and (dtype.quantizes_activations or gptq or hybrid_rate > 0)
+        needs_data = do_quantization and (plan.act_mode == "static" or gptq or hybrid_rate > 0)
         if needs_data and not samples:
             log.warning(
                 "no calibration dataset: using rkllm-py's %d built-in samples; a dataset from"

@@ -458,7 +458,8 @@ def quantize_model(
     layers_name, layers = decoder_layers(model, targets)
     round_float_params_to_fp16(model)
     need_hist = plan.act_mode == "static" and not plan.gptq
-    need_stats = plan.dtype.quantizes_activations or plan.hybrid_rate > 0 or plan.gptq
+    # dynamic activations at level 0 need no calibration at all: pure round-to-nearest
+    need_stats = plan.act_mode == "static" or plan.hybrid_rate > 0 or plan.gptq or plan.smooth
     if need_stats and not batches:
         raise QuantizationError("calibration needs at least one sample")
     stats: dict[str, _InputStats] = {}
