@@ -26,7 +26,7 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_rkllm import ChatRKLLM, RKLLMEmbeddings
 
 DEFAULT_DOCS = Path(__file__).parent / "data"
-DEFAULT_QUESTION = "Who built the Amber Span, and when?"
+DEFAULT_QUESTION = "Who designed the Amber Span, and when was it restored?"
 
 PROMPT = ChatPromptTemplate.from_messages([
     ("system", "Answer the question using only the context below. Be brief.\n\n{context}"),
