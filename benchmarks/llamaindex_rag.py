@@ -53,7 +53,8 @@ def main() -> None:
     )
     load_s = time.perf_counter() - start
     counter = TokenCountingHandler(tokenizer=llm.core_model.tokenize)
-    llm.callback_manager = CallbackManager([counter])
+    # through Settings: the query engine hands its callback manager to the LLM it uses
+    Settings.callback_manager = CallbackManager([counter])
     Settings.llm, Settings.embed_model = llm, embed
     Settings.node_parser = SentenceSplitter(chunk_size=256, chunk_overlap=20)
 
