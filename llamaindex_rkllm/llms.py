@@ -74,6 +74,48 @@ _TOOLS_PREAMBLE = (
 _TOOL_REQUIRED = "You must answer with a tool call."
 
 
+class _ToolMarkupGate:
+    """Holds back streamed text from the first ``<tool_call>`` on, when tools were offered.
+
+    The calls themselves arrive parsed in the final chunk; streaming their JSON as answer
+    text would show agents' users raw markup. A partial tag at the end of a piece is kept
+    until the next piece tells whether it is one.
+    """
+
+    TAG = "<tool_call>"
+
+    def __init__(self, active: bool) -> None:
+        self.active = active
+        self._pending = ""
+        self._closed = False
+
+    def push(self, text: str) -> str:
+        if not self.active:
+            return text
+        if self._closed:
+            return ""
+        pending = self._pending + text
+        index = pending.find(self.TAG)
+        if index >= 0:
+            self._closed, self._pending = True, ""
+            return pending[:index]
+        keep = next(
+            (
+                n
+                for n in range(min(len(pending), len(self.TAG) - 1), 0, -1)
+                if self.TAG.startswith(pending[-n:])
+            ),
+            0,
+        )
+        self._pending = pending[len(pending) - keep :]
+        return pending[: len(pending) - keep]
+
+    def flush(self) -> str:
+        """Text held back at the end that turned out not to be a tag."""
+        tail, self._pending = self._pending, ""
+        return tail
+
+
 class RKLLM(FunctionCallingLLM):
     """LlamaIndex LLM for Rockchip RKLLM models (``.rkllm`` on the NPU, GGUF/HF on a PC).
 
@@ -322,19 +364,26 @@ class RKLLM(FunctionCallingLLM):
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        """Stream the chat answer; the last item (empty delta) carries usage and tool calls."""
+        """Stream the chat answer; the last item (empty delta) carries usage and tool calls.
+
+        With ``tools``, text from a ``<tool_call>`` tag on is not streamed as answer text: the
+        parsed calls are ``ToolCallBlock`` s of the last item's message.
+        """
         prompt, params = self._chat_request(messages, dict(kwargs))
 
         def gen() -> Generator[ChatResponse, None, None]:
             stream = self._model.stream(prompt, **params)
+            gate = _ToolMarkupGate(bool(params.get("tools")))
             text = ""
             try:
                 for chunk in stream:
-                    text += chunk.text
-                    yield ChatResponse(
-                        message=ChatMessage(role=MessageRole.ASSISTANT, content=text),
-                        delta=chunk.text,
-                    )
+                    delta = gate.push(chunk.text)
+                    if delta:
+                        text += delta
+                        yield _text_chunk(text, delta)
+                if tail := gate.flush():
+                    text += tail
+                    yield _text_chunk(text, tail)
                 result = stream.result
             finally:
                 stream.close()
@@ -357,14 +406,17 @@ class RKLLM(FunctionCallingLLM):
 
         async def gen() -> AsyncGenerator[ChatResponse, None]:
             stream = self._model.astream(prompt, **params)
+            gate = _ToolMarkupGate(bool(params.get("tools")))
             text = ""
             try:
                 async for chunk in stream:
-                    text += chunk.text
-                    yield ChatResponse(
-                        message=ChatMessage(role=MessageRole.ASSISTANT, content=text),
-                        delta=chunk.text,
-                    )
+                    delta = gate.push(chunk.text)
+                    if delta:
+                        text += delta
+                        yield _text_chunk(text, delta)
+                if tail := gate.flush():
+                    text += tail
+                    yield _text_chunk(text, tail)
                 result = await stream.aresult()
             finally:
                 await stream.aclose()
@@ -567,6 +619,10 @@ def _raw(result: GenerationResult) -> dict[str, Any]:
         "text": result.text,
         "token_ids": list(result.token_ids),
     }
+
+
+def _text_chunk(text: str, delta: str) -> ChatResponse:
+    return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
 
 
 def _chat_response(result: GenerationResult, delta: str | None = None) -> ChatResponse:

@@ -205,3 +205,51 @@ def test_real_function_calling_model() -> None:
     ]
     rendered = llm.core_model.render_chat([to_core_message(m) for m in history])
     assert "<tool_call>" in rendered and "<tool_response>\n7\n</tool_response>" in rendered
+
+
+class ScriptedStream:
+    """Stands in for a core ``TokenStream``: scripted pieces, then the scripted result."""
+
+    def __init__(self, pieces: list[str], tools: bool) -> None:
+        from rkllm_core import StreamChunk
+
+        self._chunks = [StreamChunk(p, i) for i, p in enumerate(pieces)]
+        kwargs = {"tools": [{}]} if tools else {}
+        self.result = ScriptedGenerate("".join(pieces))("", **kwargs)
+        self.closed = False
+
+    def __iter__(self) -> Any:
+        return iter(self._chunks)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_streamed_tool_call_markup_is_not_answer_text(
+    llm: RKLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pieces = [
+        "Let me add. <",
+        "tool",
+        '_call>{"name": "add", ',
+        '"arguments": {"a": 3, "b": 4}}',
+        "</",
+    ]
+    pieces += ["tool_call>"]
+    monkeypatch.setattr(llm.core_model, "stream", lambda *a, **k: ScriptedStream(pieces, True))
+    chunks = list(llm.stream_chat_with_tools(TOOLS, user_msg="What is 3 plus 4?"))
+    assert "".join(c.delta or "" for c in chunks) == "Let me add. "
+    assert all("<" not in (c.message.content or "") for c in chunks)
+    (selection,) = llm.get_tool_calls_from_response(chunks[-1])
+    assert (selection.tool_name, selection.tool_kwargs) == ("add", {"a": 3, "b": 4})
+
+
+def test_text_that_only_looks_like_a_tag_start_is_streamed(
+    llm: RKLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pieces = ["1 <", " 2 and x <to"]
+    monkeypatch.setattr(llm.core_model, "stream", lambda *a, **k: ScriptedStream(pieces, True))
+    chunks = list(llm.stream_chat_with_tools(TOOLS, user_msg="Is 1 < 2?"))
+    assert "".join(c.delta or "" for c in chunks) == "1 < 2 and x <to"
+    assert chunks[-1].message.content == "1 < 2 and x <to"
+    assert llm.get_tool_calls_from_response(chunks[-1], error_on_no_tool_call=False) == []
