@@ -85,7 +85,8 @@ def test_export_reproduces_simulation_exactly(
     assert manifest["group_size"] == dt.group_size
     assert manifest["target_platform"] == platform.upper()
     assert manifest["source"]["sha256"] and len(manifest["source"]["sha256"]) == 64
-    assert manifest["calibration"]["samples"] > 0 or not (dt.act_bits or level)
+    calibrated = level == 1 or (dt.act_bits is not None and act == "static")
+    assert (manifest["calibration"]["samples"] > 0) == calibrated
     assert model.rkllm_manifest["quantized_dtype"] == dtype
     quant = [m for m in model.modules() if isinstance(m, QuantLinear)]
     assert len(quant) == len(manifest["layers"]) > 0
