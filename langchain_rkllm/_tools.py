@@ -51,10 +51,16 @@ def forced_call_prefill(choice: str) -> str:
 
     Writing the opening of the ``<tool_call>`` JSON ourselves (the model continues from it)
     replaces what API providers do with constrained decoding for ``tool_choice``.
+
+    The prefill must end where the tokenizer would cut the natural text: BPE tokenizers
+    write ``": {"`` as ``'":'`` + ``' {"'``, so a prefill ending in ``' {'`` leaves the
+    model mid-token, and it continues with unquoted keys (``{input: 3}``, seen on
+    Qwen2.5). Ending after ``"arguments":`` (or the opening ``' "'`` of the name) keeps
+    the model on its own token boundaries.
     """
     if choice == "any":
         return f'{TOOL_CALL_TAG}\n{{"name": "'
-    return f'{TOOL_CALL_TAG}\n{{"name": {json.dumps(choice)}, "arguments": {{'
+    return f'{TOOL_CALL_TAG}\n{{"name": {json.dumps(choice)}, "arguments":'
 
 
 class JsonObjectEnd:

@@ -116,11 +116,12 @@ def test_plain_answer_with_tools_bound_streams_as_content() -> None:
 
 
 def test_forced_tool_choice_prefills_and_stops_at_the_end_of_the_call() -> None:
-    llm, fake = scripted(['"input": 3', "}}", "\n</tool_call> and then", " chatter"])
+    llm, fake = scripted([' {"input": 3', "}}", "\n</tool_call> and then", " chatter"])
     msg = llm.bind_tools([magic_function], tool_choice="any").invoke("magic_function(3)?")
     prompt = fake.prompts[-1]
     assert isinstance(prompt, str)
-    assert prompt.endswith('<tool_call>\n{"name": "magic_function", "arguments": {')
+    # Ends on a token boundary ('":' then ' {"'), never inside the ' {"' token.
+    assert prompt.endswith('<tool_call>\n{"name": "magic_function", "arguments":')
     assert json.loads(prompt.split("\nASSISTANT:")[0])["tools"][0]["function"]["name"] == (
         "magic_function"
     )
@@ -141,7 +142,9 @@ def test_tool_choice_none_sends_no_tools() -> None:
 @pytest.mark.parametrize("method", ["json_schema", "function_calling", "json_mode"])
 def test_structured_output_methods(method: str) -> None:
     tail = "}" if method != "function_calling" else "}}"
-    llm, fake = scripted(['"setup": "Why', '?", "punchline": "Because."', tail, " extra words"])
+    head = "" if method != "function_calling" else " {"
+    pieces = [head + '"setup": "Why', '?", "punchline": "Because."', tail, " extra words"]
+    llm, fake = scripted(pieces)
     joke = llm.with_structured_output(Joke, method=method).invoke("a joke")  # type: ignore[arg-type]
     assert joke == Joke(setup="Why?", punchline="Because.")
     prompt = fake.prompts[-1]
