@@ -141,6 +141,7 @@ class _InputStats:
     sumsq: torch.Tensor
     n: int = 0
     hist: AbsHistogram | None = None
+    rows: list[torch.Tensor] = field(default_factory=list)
 
 
 def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
@@ -161,6 +162,7 @@ def observe(
     layers: nn.ModuleList,
     want_hist: bool,
     want_replay: bool,
+    want_rows: bool = False,
 ) -> tuple[dict[str, _InputStats], dict[str, str], list[list[dict[str, Any]]], list[torch.Tensor]]:
     """Run the float model once over ``batches`` and record what the build needs.
 
@@ -209,6 +211,8 @@ def observe(
             st.n += x2.shape[0]
             if st.hist is not None:
                 st.hist.update(x2)
+            if want_rows:
+                st.rows.append(_sample_rows(x2))
 
         return hook
 
@@ -468,7 +472,13 @@ def quantize_model(
     first_inputs: list[torch.Tensor] = []
     if need_stats:
         stats, feeds, layer_kwargs, first_inputs = observe(
-            model, batches, targets, layers, want_hist=need_hist, want_replay=plan.gptq
+            model,
+            batches,
+            targets,
+            layers,
+            want_hist=need_hist,
+            want_replay=plan.gptq,
+            want_rows=plan.smooth,
         )
     missing = [n for n in targets if need_stats and n not in stats]
     if missing:
@@ -482,7 +492,11 @@ def quantize_model(
         backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
         groups = norm_groups(feeds) + find_mlp_pairs(model, targets)
         absmax = {n: st.absmax for n, st in stats.items()}
-        report.smoothed_groups = apply_smoothing(model, groups, absmax, plan.smooth_alpha)
+        rows = {n: torch.cat(st.rows) for n, st in stats.items() if st.rows}
+        report.smoothed_groups = apply_smoothing(
+            model, groups, absmax, plan.smooth_alpha, rows=rows, dtype=plan.dtype
+        )
+        del rows
         after = _logits(model, batches[0])
         drift = float((after - before).abs().max() / before.abs().max().clamp_min(1e-6))
         if not torch.isfinite(after).all() or drift > 1e-2:

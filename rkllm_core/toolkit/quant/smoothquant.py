@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .formats import QuantDtype
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,49 @@ def smoothing_factors(
     return torch.where(ok, s, torch.ones_like(s)).clamp(_S_MIN, _S_MAX)
 
 
+#: Migration strengths tried per group when calibration rows are available (None: no smoothing).
+ALPHA_GRID: tuple[float | None, ...] = (None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@torch.no_grad()
+def search_factors(
+    x: torch.Tensor,
+    act_absmax: torch.Tensor,
+    weights: list[torch.Tensor],
+    dtype: QuantDtype,
+    grid: tuple[float | None, ...] = ALPHA_GRID,
+) -> tuple[float | None, torch.Tensor]:
+    """The smoothing strength with the smallest simulated w8a8 output error on rows ``x``.
+
+    For each candidate the weights are scaled and rounded to nearest, the scaled activations
+    quantized per tensor (range: the exact calibration maximum ``max_j a_j / s_j``), and the
+    integer product compared with the float product of every Linear in the group.
+    """
+    from .formats import dequantize_weight, quantize_weight
+
+    x = x.float()
+    refs = [x @ w.detach().float().t() for w in weights]
+    best: tuple[float, float | None, torch.Tensor] | None = None
+    for alpha in grid:
+        if alpha is None:
+            s = torch.ones_like(act_absmax, dtype=torch.float32)
+        else:
+            s = smoothing_factors(act_absmax, weights, alpha)
+        xs = x / s
+        amax = float((act_absmax.float() / s).max()) or 1.0
+        step = amax / 127.0
+        qx = torch.clamp(torch.round(xs / step), -127, 127) * step
+        err = 0.0
+        for w, ref in zip(weights, refs, strict=True):
+            ws = w.detach().float() * s.unsqueeze(0)
+            q, sc = quantize_weight(ws, dtype)
+            err += float(((qx @ dequantize_weight(q, sc, dtype.group_size).t() - ref) ** 2).sum())
+        if best is None or err < best[0]:
+            best = (err, alpha, s)
+    assert best is not None
+    return best[1], best[2]
+
+
 def _fold_into_norm(norm: nn.Module, s: torch.Tensor) -> bool:
     """Make ``norm(x)`` return ``norm(x) / s``; False (and unchanged) if the form is unknown."""
     weight = getattr(norm, "weight", None)
@@ -99,8 +146,14 @@ def apply_smoothing(
     groups: list[SmoothGroup],
     act_absmax: dict[str, torch.Tensor],
     alpha: float = DEFAULT_ALPHA,
+    rows: dict[str, torch.Tensor] | None = None,
+    dtype: QuantDtype | None = None,
 ) -> int:
-    """Fold smoothing factors for every group; returns how many groups were smoothed."""
+    """Fold smoothing factors for every group; returns how many groups were smoothed.
+
+    With calibration ``rows`` (sampled inputs per Linear) and the target ``dtype``, each
+    group's strength is searched (:func:`search_factors`); otherwise ``alpha`` is used.
+    """
     modules = dict(model.named_modules())
     done = 0
     with torch.no_grad():
@@ -108,18 +161,26 @@ def apply_smoothing(
             lins = [modules[n] for n in grp.linears]
             if grp.linears[0] not in act_absmax:
                 continue
-            s = smoothing_factors(act_absmax[grp.linears[0]], [lin.weight for lin in lins], alpha)
+            a = act_absmax[grp.linears[0]]
+            x = rows.get(grp.linears[0]) if rows is not None else None
+            if x is not None and dtype is not None:
+                chosen, s = search_factors(x, a, [lin.weight for lin in lins], dtype)
+                log.debug("smoothing %s: alpha %s", grp.producer, chosen)
+                if chosen is None:
+                    continue
+            else:
+                s = smoothing_factors(a, [lin.weight for lin in lins], alpha)
             producer = modules[grp.producer]
             if grp.kind == "norm":
                 if not _fold_into_norm(producer, s):
                     log.debug("smoothing skipped: cannot fold into %s", grp.producer)
                     continue
             else:
-                rows = slice(grp.row_offset, grp.row_offset + s.numel())
+                span = slice(grp.row_offset, grp.row_offset + s.numel())
                 pw = producer.weight
-                pw[rows] = (pw[rows].float() / s.unsqueeze(1)).to(pw.dtype)
+                pw[span] = (pw[span].float() / s.unsqueeze(1)).to(pw.dtype)
                 if producer.bias is not None:
-                    producer.bias[rows] = (producer.bias[rows].float() / s).to(producer.bias.dtype)
+                    producer.bias[span] = (producer.bias[span].float() / s).to(producer.bias.dtype)
             for lin in lins:
                 lin.weight.copy_((lin.weight.float() * s.unsqueeze(0)).to(lin.weight.dtype))
             done += 1
