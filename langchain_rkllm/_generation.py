@@ -11,7 +11,13 @@ from typing import Any, Literal
 
 from rkllm_core import GenerationResult, InvalidToolCall, RKLLMModel, ToolCall, parse_tool_calls
 
-from ._tools import JsonObjectEnd, MarkupHoldback, forced_call_prefill, normalize_tool_choice
+from ._tools import (
+    JsonObjectEnd,
+    MarkupHoldback,
+    forced_call_prefill,
+    normalize_tool_choice,
+    object_start,
+)
 
 Mode = Literal["plain", "tools", "forced", "json"]
 
@@ -49,10 +55,13 @@ def make_plan(
 
     Forced tool calls and JSON answers are prompted by writing the start of the answer
     ourselves (the chat template's generation prompt, then ``<tool_call>{"name": …`` or
-    ``{``): the model continues from there, which keeps small models on format.
+    ``{"``): the model continues from there, which keeps small models on format.
     """
     if response_format is not None:
         kind = response_format.get("type")
+        # '{"' is one token in BPE vocabularies (Qwen2, Llama/SmolLM); a bare '{' would
+        # leave the model mid-token and it tends to write unquoted keys.
+        prefill = '{"'
         if kind == "json_schema":
             schema = response_format.get("schema") or (
                 response_format.get("json_schema") or {}
@@ -62,19 +71,20 @@ def make_plan(
             messages = _with_system_text(
                 messages, _SCHEMA_INSTRUCTION.format(schema=json.dumps(schema, ensure_ascii=False))
             )
+            prefill = object_start(schema) or prefill
         elif kind != "json_object":
             raise ValueError(
                 f"response_format type {kind!r} is not supported; use 'json_object' or"
                 " 'json_schema'"
             )
-        return Plan(model.render_chat(messages) + "{", mode="json", prefill="{")
+        return Plan(model.render_chat(messages) + prefill, mode="json", prefill=prefill)
     if tools:
         choice = normalize_tool_choice(tool_choice, tools)
         if choice == "none":
             return Plan(messages)
         if choice is None:
             return Plan(messages, mode="tools", tools=tools)
-        prefill = forced_call_prefill(choice)
+        prefill = forced_call_prefill(choice, tools)
         return Plan(
             model.render_chat(messages, tools=tools) + prefill,
             mode="forced",
@@ -106,7 +116,8 @@ class Assembler:
         self._released: list[str] = []
         if plan.mode in ("forced", "json"):
             self._scanner = JsonObjectEnd()
-            self._scanner.feed(plan.prefill)
+            # A prefill can be the whole answer (a call of a tool without parameters).
+            self.complete = self._scanner.feed(plan.prefill) >= 0
 
     def push(self, text: str) -> str:
         """Add streamed text; return the content that may be streamed to the caller now."""

@@ -46,7 +46,28 @@ def normalize_tool_choice(tool_choice: Any, tools: Sequence[dict[str, Any]]) -> 
     )
 
 
-def forced_call_prefill(choice: str) -> str:
+def object_start(schema: Any) -> str | None:
+    """The opening of a JSON object that every valid instance of ``schema`` can start with.
+
+    Small models shown a JSON schema often answer with the schema itself (``{"title":
+    "Joke", "properties": …}``). Writing the first required key ourselves (key order is
+    free in JSON, so no valid answer is excluded) puts them on the instance. An object
+    schema with no properties at all is answered outright with ``{}``. Returns None when
+    nothing can be fixed in advance. The text ends after ``":``, a token boundary.
+    """
+    if not isinstance(schema, dict):
+        return None
+    properties = schema.get("properties")
+    if properties == {} and not schema.get("additionalProperties"):
+        return "{}"
+    required = schema.get("required") or []
+    for key in properties or {}:
+        if key in required:
+            return "{" + json.dumps(key, ensure_ascii=False) + ":"
+    return None
+
+
+def forced_call_prefill(choice: str, tools: Sequence[dict[str, Any]] = ()) -> str:
     """Assistant text that starts a tool call, so even a small model answers with one.
 
     Writing the opening of the ``<tool_call>`` JSON ourselves (the model continues from it)
@@ -55,12 +76,19 @@ def forced_call_prefill(choice: str) -> str:
     The prefill must end where the tokenizer would cut the natural text: BPE tokenizers
     write ``": {"`` as ``'":'`` + ``' {"'``, so a prefill ending in ``' {'`` leaves the
     model mid-token, and it continues with unquoted keys (``{input: 3}``, seen on
-    Qwen2.5). Ending after ``"arguments":`` (or the opening ``' "'`` of the name) keeps
-    the model on its own token boundaries.
+    Qwen2.5). It ends after ``"arguments":``, after the first required argument's
+    ``"key":`` (see :func:`object_start`), or after the opening ``' "'`` of the name.
     """
     if choice == "any":
         return f'{TOOL_CALL_TAG}\n{{"name": "'
-    return f'{TOOL_CALL_TAG}\n{{"name": {json.dumps(choice)}, "arguments":'
+    prefill = f'{TOOL_CALL_TAG}\n{{"name": {json.dumps(choice)}, "arguments":'
+    parameters = next(
+        (t["function"].get("parameters") for t in tools if t["function"]["name"] == choice), None
+    )
+    start = object_start(parameters)
+    if start == "{}":
+        return prefill + " {}}"  # nothing to fill in: the call is already whole
+    return prefill + (" " + start if start else "")
 
 
 class JsonObjectEnd:
