@@ -1,0 +1,73 @@
+"""LangChain's standard chat-model integration suite on a model that can call tools.
+
+The SmolLM2 suite (test_standard_integration.py) has to switch tools and structured output
+off: 135M parameters do not follow a schema. Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M) has a
+tool-aware chat template and writes Hermes ``<tool_call>`` calls, so here the capability
+flags say what this model really does, measured with greedy decoding (deterministic).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+
+from langchain_rkllm import ChatRKLLM
+from rkllm_core import RKLLMModel, fetch_model, shared_model
+
+QWEN = "qwen2.5-coder-0.5b"
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def qwen_model() -> RKLLMModel:
+    """Load Qwen once: every ChatRKLLM in the suite resolves to this shared copy."""
+    # Same (file, backend, default RuntimeConfig) key ChatRKLLM(model=QWEN) uses.
+    return shared_model(QWEN)
+
+
+class TestChatRKLLMQwenIntegration(ChatModelIntegrationTests):
+    @property
+    def chat_model_class(self) -> type[ChatRKLLM]:
+        return ChatRKLLM
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        # Greedy (top_k=1) so every run decodes the same tokens; 0.5B on two shared CPU
+        # cores writes a few tokens per second, so answers are capped short.
+        return {"model": QWEN, "temperature": 0, "top_k": 1, "max_tokens": 64}
+
+    @property
+    def model_override_value(self) -> str:
+        # The same model by file path: shared_model resolves it to the loaded copy.
+        return str(fetch_model(QWEN))
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def structured_output_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+    @property
+    def supports_image_inputs(self) -> bool:
+        return False
