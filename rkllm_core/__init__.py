@@ -31,9 +31,10 @@ from .errors import (
     RuntimeVersionError,
     ToolCallParseError,
 )
-from .model import AsyncTokenStream, RKLLMModel, TokenStream, shared_model
+from .model import RKLLMModel, shared_model
 from .models import KNOWN_MODELS, cache_dir, fetch_model
 from .results import GenerationResult, InvalidToolCall, StreamChunk, ToolCall, Usage
+from .streams import AsyncTokenStream, TokenStream
 from .tools import parse_tool_calls
 
 __version__ = "0.1.0"

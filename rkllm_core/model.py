@@ -7,8 +7,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,23 +27,27 @@ from .engine import (
     Engine,
     EngineInfo,
     ErrorEvent,
-    Event,
     FinishEvent,
     HiddenStateEvent,
     InferMode,
     LogitsEvent,
-    PerfStats,
     PromptInput,
     Request,
     RequestInput,
     TokenBatchInput,
-    TokenEvent,
     TokenInput,
 )
 from .errors import ConfigError, EngineUnavailableError, GenerationError, ModelClosedError
-from .queueing import Deliver, Job, Worker, async_channel, thread_channel
-from .results import GenerationResult, StreamChunk, Usage
-from .stops import StopMatcher
+from .queueing import Job, Worker, async_channel, thread_channel
+from .results import GenerationResult, Usage
+from .streams import (
+    AsyncTokenStream,
+    CollectHandler,
+    GenerationHandler,
+    TokenStream,
+    Turn,
+    as_generation_error,
+)
 from .tools import parse_tool_calls
 
 log = logging.getLogger(__name__)
@@ -53,196 +56,6 @@ Backend = Literal["auto", "npu", "pc"]
 Prompt = str | Sequence[Message] | Sequence[int]
 
 _SAMPLING_FIELDS = set(SamplingParams.model_fields)
-
-
-# --- handlers: engine events → what the caller consumes ----------------------------------
-
-
-class _GenerationHandler:
-    """Applies stop strings on the worker thread so the engine stops at once."""
-
-    def __init__(self, deliver: Deliver, stops: Sequence[str]) -> None:
-        self._deliver = deliver
-        self._matcher = StopMatcher(stops)
-        self.token_ids: list[int] = []
-        self.stopped_by_string = False
-
-    def on_event(self, event: Event) -> bool:
-        if not isinstance(event, TokenEvent):
-            return True
-        if event.token_id >= 0:
-            self.token_ids.append(event.token_id)
-        safe, stop = self._matcher.push(event.text)
-        if safe:
-            self._deliver(StreamChunk(safe, event.token_id if event.token_id >= 0 else None))
-        if stop:
-            self.stopped_by_string = True
-            return False
-        return True
-
-    def on_finish(self, event: FinishEvent | ErrorEvent) -> None:
-        if isinstance(event, FinishEvent):
-            tail = self._matcher.flush()
-            if tail:
-                self._deliver(StreamChunk(tail, None))
-            if self.stopped_by_string:
-                event = replace(event, reason="stop")
-        self._deliver(event)
-
-
-class _CollectHandler:
-    """Forwards hidden states / logits as they come."""
-
-    def __init__(self, deliver: Deliver) -> None:
-        self._deliver = deliver
-
-    def on_event(self, event: Event) -> bool:
-        self._deliver(event)
-        return True
-
-    def on_finish(self, event: FinishEvent | ErrorEvent) -> None:
-        self._deliver(event)
-
-
-# --- streams --------------------------------------------------------------------------------
-
-
-class _StreamState:
-    """What sync and async streams share: collected text and the final result."""
-
-    def __init__(self, model: RKLLMModel, job: Job, handler: _GenerationHandler, ctx: _Turn):
-        self._model = model
-        self._job = job
-        self._handler = handler
-        self._ctx = ctx
-        self._pieces: list[str] = []
-        self._result: GenerationResult | None = None
-        self._error: BaseException | None = None
-
-    @property
-    def done(self) -> bool:
-        return self._result is not None or self._error is not None
-
-    def _accept(self, item: object) -> StreamChunk | None:
-        """Process one channel item; return a chunk to yield, or None when finished."""
-        if isinstance(item, StreamChunk):
-            self._pieces.append(item.text)
-            return item
-        if isinstance(item, ErrorEvent):
-            self._error = item.error
-            self._model._turn_failed(self._ctx)
-            raise _as_generation_error(item.error)
-        if isinstance(item, FinishEvent):
-            self._result = self._model._finish_turn(
-                self._ctx, "".join(self._pieces), tuple(self._handler.token_ids), item,
-                self._handler.stopped_by_string,
-            )
-            return None
-        raise GenerationError(f"unexpected event {item!r}")  # pragma: no cover
-
-    def abort(self) -> None:
-        """Stop this request (only this one) within one token."""
-        self._model._worker.cancel(self._job)
-
-
-def _as_generation_error(error: BaseException) -> BaseException:
-    return error if isinstance(error, Exception) else GenerationError(repr(error))
-
-
-class TokenStream(_StreamState, Iterator[StreamChunk]):
-    """Iterator of :class:`StreamChunk`; :attr:`result` holds the collected result at the end.
-
-    Leaving the loop early (``break``, an exception, ``close()``) cancels the request, so the
-    model is free for the next caller.
-    """
-
-    def __init__(self, model: RKLLMModel, job: Job, handler: _GenerationHandler, ctx: _Turn,
-                 channel: Any) -> None:
-        super().__init__(model, job, handler, ctx)
-        self._channel = channel
-
-    def __iter__(self) -> TokenStream:
-        return self
-
-    def __next__(self) -> StreamChunk:
-        if self.done:
-            raise StopIteration
-        chunk = self._accept(self._channel.get())
-        if chunk is None:
-            raise StopIteration
-        return chunk
-
-    @property
-    def result(self) -> GenerationResult:
-        """The whole result; consumes the rest of the stream if needed."""
-        for _ in self:
-            pass
-        if self._error is not None:
-            raise _as_generation_error(self._error)
-        assert self._result is not None
-        return self._result
-
-    def close(self) -> None:
-        """Cancel the request if it has not finished."""
-        if not self.done:
-            self.abort()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
-
-
-class AsyncTokenStream(_StreamState, AsyncIterator[StreamChunk]):
-    """Async iterator of :class:`StreamChunk` that never blocks the event loop."""
-
-    def __init__(self, model: RKLLMModel, job: Job, handler: _GenerationHandler, ctx: _Turn,
-                 channel: asyncio.Queue[object]) -> None:
-        super().__init__(model, job, handler, ctx)
-        self._channel = channel
-
-    def __aiter__(self) -> AsyncTokenStream:
-        return self
-
-    async def __anext__(self) -> StreamChunk:
-        if self.done:
-            raise StopAsyncIteration
-        try:
-            item = await self._channel.get()
-        except asyncio.CancelledError:
-            self.abort()
-            raise
-        chunk = self._accept(item)
-        if chunk is None:
-            raise StopAsyncIteration
-        return chunk
-
-    async def aresult(self) -> GenerationResult:
-        """The whole result; consumes the rest of the stream if needed."""
-        async for _ in self:
-            pass
-        if self._error is not None:
-            raise _as_generation_error(self._error)
-        assert self._result is not None
-        return self._result
-
-    async def aclose(self) -> None:
-        """Cancel the request if it has not finished."""
-        if not self.done:
-            self.abort()
-
-
-class _Turn:
-    """Bookkeeping of one generate call (for multi-turn history and tool parsing)."""
-
-    def __init__(self, prompt_text: str | None, messages: list[dict] | None, keep_history: bool,
-                 parse_tools: bool, role: str | None = None) -> None:
-        self.role = role  # the runtime's input role, when the runtime renders the turn
-        self.prompt_text = prompt_text
-        self.messages = messages
-        self.keep_history = keep_history
-        self.parse_tools = parse_tools
 
 
 # --- the model --------------------------------------------------------------------------------
@@ -383,23 +196,23 @@ class RKLLMModel:
         keep_history: bool,
         add_generation_prompt: bool,
         enable_thinking: bool | None,
-    ) -> tuple[RequestInput, _Turn]:
+    ) -> tuple[RequestInput, Turn]:
         if isinstance(prompt, str):
             if keep_history:
                 self._history, self._cached_text = [], None
-            return PromptInput(prompt), _Turn(prompt, None, keep_history, bool(tools))
+            return PromptInput(prompt), Turn(prompt, None, keep_history, bool(tools))
         items = list(prompt)
         if not items:
             raise ConfigError("the prompt is empty")
         if all(isinstance(x, int) and not isinstance(x, bool) for x in items):
-            return TokenInput(tuple(int(x) for x in items)), _Turn(None, None, keep_history, False)
+            return TokenInput(tuple(int(x) for x in items)), Turn(None, None, keep_history, False)
         messages = normalize_messages(items)
         if self.info.extra.get("raw_prompt") is False:
             # the runtime applies its own template (set_chat_template): it takes the turn's
             # text only, and keeps earlier turns itself when keep_history is on
             last = messages[-1]
             role = "tool" if last["role"] == "tool" else "user"
-            return PromptInput(last["content"]), _Turn(None, None, keep_history, bool(tools), role)
+            return PromptInput(last["content"]), Turn(None, None, keep_history, bool(tools), role)
         if keep_history and self.info.extra.get("supports_keep_history") is False:
             # the runtime cannot keep a conversation (family 1.1): send it whole every turn
             keep_history = False
@@ -408,7 +221,7 @@ class RKLLMModel:
                 messages, tools=tools, add_generation_prompt=add_generation_prompt,
                 enable_thinking=enable_thinking,
             )
-            return PromptInput(text), _Turn(text, messages, False, bool(tools))
+            return PromptInput(text), Turn(text, messages, False, bool(tools))
         # multi-turn: the KV cache holds the conversation so far; send only what is new
         history = self._history
         new = messages[len(history):] if messages[: len(history)] == history else messages
@@ -424,11 +237,11 @@ class RKLLMModel:
             if self._engine.kv_cache_size()[0] > 0:
                 self._clear_engine_cache()
             text = full
-        return PromptInput(text), _Turn(full, conversation, True, bool(tools))
+        return PromptInput(text), Turn(full, conversation, True, bool(tools))
 
     def _finish_turn(
         self,
-        ctx: _Turn,
+        ctx: Turn,
         text: str,
         token_ids: tuple[int, ...],
         event: FinishEvent,
@@ -466,7 +279,7 @@ class RKLLMModel:
             content=content,
         )
 
-    def _turn_failed(self, ctx: _Turn) -> None:
+    def _turn_failed(self, ctx: Turn) -> None:
         if ctx.keep_history:
             self._history, self._cached_text = [], None
 
@@ -483,7 +296,7 @@ class RKLLMModel:
         role: str,
         lora_adapter: str | None,
         kwargs: dict[str, Any],
-    ) -> tuple[Job, _GenerationHandler, _Turn, Any]:
+    ) -> tuple[Job, GenerationHandler, Turn, Any]:
         self._check_open()
         params = self._sampling(sampling, kwargs)
         item, ctx = self._prepare(
@@ -496,7 +309,7 @@ class RKLLMModel:
             lora_adapter=lora_adapter,
         )
         channel, deliver = channel_factory()
-        handler = _GenerationHandler(deliver, params.stop)
+        handler = GenerationHandler(deliver, params.stop)
         job = Job(request, handler)
         self._worker.submit(job)
         return job, handler, ctx, channel
@@ -589,7 +402,7 @@ class RKLLMModel:
         self._check_open()
         request = Request(input=item, sampling=self._sampling(None, {}), mode=mode)
         channel, deliver = thread_channel()
-        job = Job(request, _CollectHandler(deliver))
+        job = Job(request, CollectHandler(deliver))
         self._worker.submit(job)
         arrays: list[np.ndarray] = []
         try:
@@ -600,7 +413,7 @@ class RKLLMModel:
                 elif isinstance(event, LogitsEvent):
                     arrays.append(event.logits)
                 elif isinstance(event, ErrorEvent):
-                    raise _as_generation_error(event.error)
+                    raise as_generation_error(event.error)
                 elif isinstance(event, FinishEvent):
                     if event.reason == "abort":
                         raise GenerationError("the request was aborted")
@@ -804,4 +617,4 @@ def shared_model(
         return loaded
 
 
-__all__ = ["AsyncTokenStream", "PerfStats", "RKLLMModel", "TokenStream", "shared_model"]
+__all__ = ["RKLLMModel", "shared_model"]
