@@ -60,6 +60,15 @@ class BuildPlan:
     gptq: bool = False
 
     @property
+    def weight_rule(self) -> str:
+        """How GPTQ clips each weight group: ``normal`` at level 1 searches the clip ratio with
+        the smallest rounding error (the weight analogue of ``kl_divergence``, as AWQ-style
+        clipping); the other algorithms keep their own rule."""
+        if self.optimization_level >= 1 and self.algorithm == "normal":
+            return "kl_divergence"
+        return self.algorithm
+
+    @property
     def smooth(self) -> bool:
         return self.optimization_level >= 1 and self.dtype.quantizes_activations
 
@@ -382,7 +391,7 @@ def sequential_gptq(
         for name, lin in mine.items():
             dt = dtypes[name]
             try:
-                q, s = gptq_quantize(lin.weight, acc[name].h, dt, plan.algorithm, plan.percentile)
+                q, s = gptq_quantize(lin.weight, acc[name].h, dt, plan.weight_rule, plan.percentile)
             except torch.linalg.LinAlgError as exc:
                 log.warning("GPTQ failed on %s (%s): rounding to nearest instead", name, exc)
                 q, s = _rtn(lin.weight, dt, plan)
