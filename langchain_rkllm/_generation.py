@@ -6,7 +6,7 @@ Shared by the sync and async paths of :class:`ChatRKLLM` so the two never diverg
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from rkllm_core import GenerationResult, InvalidToolCall, RKLLMModel, ToolCall, parse_tool_calls
@@ -35,6 +35,8 @@ class Plan:
     mode: Mode = "plain"
     tools: list[dict[str, Any]] | None = None
     prefill: str = ""
+    forced_name: str | None = None
+    """The tool the prefill already named (tool_choice naming one tool)."""
 
 
 def _with_system_text(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
@@ -90,6 +92,7 @@ def make_plan(
             mode="forced",
             tools=tools,
             prefill=prefill,
+            forced_name=None if choice == "any" else choice,
         )
     return Plan(messages)
 
@@ -160,6 +163,10 @@ class Assembler:
             content, calls, invalid = parse_tool_calls(
                 self.plan.prefill + "".join(self._kept), allow_bare_json=False
             )
+            if self.plan.forced_name:
+                # We wrote the name ourselves: keep it even when the arguments are broken,
+                # so the caller sees which tool the bad call was meant for.
+                invalid = [replace(c, name=c.name or self.plan.forced_name) for c in invalid]
         else:
             content, calls, invalid = (
                 result.content,

@@ -173,6 +173,13 @@ def test_forced_call_of_a_tool_without_parameters_needs_no_generation() -> None:
     assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("no_args", {})]
 
 
+def test_broken_forced_call_keeps_the_forced_name() -> None:
+    llm, _ = scripted([' {type: "integer"}}}'])  # what SmolLM2-135M writes here
+    msg = llm.bind_tools([magic_function], tool_choice="any").invoke("magic_function(3)?")
+    assert msg.tool_calls == []
+    assert [c["name"] for c in msg.invalid_tool_calls] == ["magic_function"]
+
+
 def test_object_start() -> None:
     schema = {"properties": {"a": {}, "b": {}}, "required": ["b"]}
     assert object_start(schema) == '{"b":'
