@@ -71,3 +71,23 @@ class TestChatRKLLMQwenIntegration(ChatModelIntegrationTests):
     @property
     def supports_image_inputs(self) -> bool:
         return False
+
+
+class _FunctionCallingStructuredOutput(TestChatRKLLMQwenIntegration):
+    """The suite's structured-output test again, with ``method="function_calling"``.
+
+    Not collected as a whole class (its name does not start with ``Test``): only the
+    structured-output test is run again below, so the other method is measured without
+    repeating the other 48 tests.
+    """
+
+    @property
+    def structured_output_kwargs(self) -> dict[str, Any]:
+        return {"method": "function_calling"}
+
+
+@pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
+def test_structured_output_function_calling(schema_type: str) -> None:
+    suite = _FunctionCallingStructuredOutput()
+    model = ChatRKLLM(**{**suite.standard_chat_model_params, **suite.chat_model_params})
+    suite.test_structured_output(model, schema_type)  # type: ignore[arg-type]
