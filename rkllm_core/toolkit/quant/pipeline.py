@@ -396,7 +396,7 @@ def sequential_gptq(
                 log.warning("GPTQ failed on %s (%s): rounding to nearest instead", name, exc)
                 q, s = _rtn(lin.weight, dt, plan)
             results[name] = LayerResult(dt, q, s)
-            if want_hist and dt.quantizes_activations:
+            if want_hist and dt.quantizes_activations and enough_rows(rows[name]):
                 t0 = activation_threshold(hists[name], plan.algorithm, 8, plan.percentile)
                 results[name].act_scale = search_act_scale(lin, q, s, dt, torch.cat(rows[name]), t0)
             lin.weight.copy_(dequantize_weight(q, s, dt.group_size).to(lin.weight.dtype))
@@ -416,6 +416,16 @@ def _sample_rows(x: torch.Tensor, top: int = 4, rand: int = 28) -> torch.Tensor:
     g = torch.Generator().manual_seed(x.shape[0])
     rand_idx = torch.randperm(x.shape[0], generator=g)[:rand].to(x.device)
     return x[torch.cat([top_idx, rand_idx])].cpu()
+
+
+#: Fewer sampled calibration tokens than this and the searches (activation clip, smoothing
+#: strength) would fit noise: the calibrator's range and alpha = 0.5 are used instead.
+MIN_SEARCH_ROWS = 128
+
+
+def enough_rows(rows: list[torch.Tensor] | torch.Tensor) -> bool:
+    n = rows.shape[0] if isinstance(rows, torch.Tensor) else sum(r.shape[0] for r in rows)
+    return n >= MIN_SEARCH_ROWS
 
 
 #: Clip ratios tried by the static activation-scale search (relative to the calibrator's T).
@@ -501,7 +511,7 @@ def quantize_model(
         backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
         groups = norm_groups(feeds) + find_mlp_pairs(model, targets)
         absmax = {n: st.absmax for n, st in stats.items()}
-        rows = {n: torch.cat(st.rows) for n, st in stats.items() if st.rows}
+        rows = {n: torch.cat(st.rows) for n, st in stats.items() if enough_rows(st.rows)}
         report.smoothed_groups = apply_smoothing(
             model, groups, absmax, plan.smooth_alpha, rows=rows, dtype=plan.dtype
         )

@@ -84,3 +84,35 @@ def test_hybrid_rate_switches_the_requested_share(
               if isinstance(m, QuantLinear)}  # fmt: skip
     assert {dtypes[s] for s in switched} == {"w8a8_g128"}
     assert sum(d == "w8a8" for d in dtypes.values()) == n - len(switched)
+
+
+def test_smoothing_search_prefers_migration_for_an_outlier_channel() -> None:
+    from rkllm_core.toolkit.quant.smoothquant import search_factors
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(512, 64, generator=g)
+    x[:, 3] *= 80.0  # one channel with huge activations, as in LLM MLPs
+    w = torch.randn(32, 64, generator=g) * 0.05
+    alpha, s = search_factors(x, x.abs().amax(0), [w], parse_dtype("w8a8"))
+    assert alpha is not None and s[3] > 5 * s.median()
+
+
+def test_activation_clip_search_never_worse_than_calibrator() -> None:
+    from rkllm_core.toolkit.quant.pipeline import search_act_scale
+    from rkllm_core.toolkit.quant.qlinear import QuantLinear
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(256, 64, generator=g)
+    x[0] *= 60.0  # one outlier token sets the max
+    lin = torch.nn.Linear(64, 32, bias=False)
+    dt = parse_dtype("w8a8")
+    q, s = quantize_weight(lin.weight.detach(), dt)
+    t0 = float(x.abs().max())
+    scale = search_act_scale(lin, q, s, dt, x, t0)
+    assert 0 < scale <= t0 / 127
+
+    def err(sc: float) -> float:
+        layer = QuantLinear.from_quantized(q, s, dt, None, "static", sc)
+        return float(((layer(x) - lin(x)) ** 2).sum())
+
+    assert err(scale) <= err(t0 / 127)
