@@ -99,6 +99,20 @@ def _rkllm_facts(path: Path) -> dict[str, Any]:
     }
 
 
+def _export_facts(path: Path) -> dict[str, Any]:
+    from .toolkit.export import read_manifest
+
+    manifest = read_manifest(path)
+    hf = _hf_facts(path) if (path / "config.json").exists() else {}
+    keys = ("quantized_dtype", "group_size", "quantized_algorithm", "activation_mode",
+            "optimization_level", "target_platform", "max_context")
+    return {
+        **hf,
+        "format": "rkllm-py toolkit export (PC simulation, not an NPU .rkllm)",
+        **{key: manifest.get(key) for key in keys if key in manifest},
+    }
+
+
 def describe_model(model: str | Path) -> dict[str, Any]:
     """Facts about a model (architecture, context, hidden size, tokenizer, quantization…)."""
     path = Path(model).expanduser()
@@ -110,23 +124,20 @@ def describe_model(model: str | Path) -> dict[str, Any]:
         else:
             raise ModelNotFoundError(f"{model} does not exist")
     facts: dict[str, Any]
+    from .toolkit.export import is_export  # reads only a manifest; no torch import
+
     if path.is_file() and path.suffix.lower() == ".rkllm":
         facts = _rkllm_facts(path)
     elif path.is_file() and path.suffix.lower() == ".gguf":
         facts = _gguf_facts(path)
+    elif is_export(path):  # before the HF check: an export also holds a config.json
+        facts = _export_facts(path)
     elif path.is_dir() and (path / "config.json").exists():
         facts = _hf_facts(path)
     else:
-        try:
-            from .toolkit.export import describe_export, is_export
-        except ImportError:
-            is_export = None  # type: ignore[assignment]
-        if is_export is not None and is_export(path):
-            facts = describe_export(path)
-        else:
-            raise ModelFormatError(
-                f"{path} is not a .rkllm, .gguf, Hugging Face directory or toolkit export"
-            )
+        raise ModelFormatError(
+            f"{path} is not a .rkllm, .gguf, Hugging Face directory or toolkit export"
+        )
     size = path.stat().st_size if path.is_file() else sum(
         p.stat().st_size for p in path.rglob("*") if p.is_file()
     )

@@ -33,7 +33,14 @@ def test_rkllm_model_logits_equal_get_logits(
     model = RKLLMModel(str(out), backend="pc")
     try:
         got = model.logits(ids)
+        assert model.info.quantization == dtype
     finally:
         model.close()
+    from rkllm_core.inspect import describe_model
+
+    facts = describe_model(out)  # `rkllm info` reads the manifest without loading weights
+    assert facts["quantized_dtype"] == dtype
+    assert facts["target_platform"] == platform.upper()
+    assert "not an NPU" in facts["format"]
     assert got.shape == expect.shape
     np.testing.assert_array_equal(got, expect)
