@@ -69,10 +69,17 @@ def gptq_quantize(
     percentile: float = 99.99,
     block_size: int = 128,
     damp: float = 0.01,
+    act_order: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize ``w`` [out, in] with GPTQ; returns int8 ``q`` [out, in], fp16 scales [out, G].
 
     ``algorithm`` chooses each group's clipping threshold (see :mod:`.calibrators`).
+
+    ``act_order`` quantizes the columns in order of decreasing Hessian diagonal (the inputs
+    with the most energy first, while the most freedom is left to compensate their error).
+    The group scales are then fixed up front from the original weights ("static groups"), so
+    the result is stored exactly like an in-order GPTQ layer (``desc_act=False``: no column
+    permutation in the file), which is what Rockchip's toolkit and our format accept.
     """
     w = w.detach().float().clone()
     h = hessian.detach().float().to(w.device).clone()
@@ -81,31 +88,36 @@ def gptq_quantize(
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    hinv = _inverse_hessian_cholesky(h, damp)
 
     n_groups = 1 if g is None else in_f // g
     scales = torch.empty(out_f, n_groups, dtype=torch.float16, device=w.device)
+    static = g is None or act_order
+    if static:
+        blocks = w.reshape(out_f, n_groups, -1)
+        t = block_threshold(blocks, dtype, algorithm, percentile)
+        scales[:] = scales_from_threshold(t, dtype)
+    perm = torch.arange(in_f, device=w.device)
+    if act_order:
+        perm = torch.argsort(torch.diagonal(h), descending=True)
+        w, h = w[:, perm], h[perm][:, perm]
+    group_of = perm // (g or in_f)  # the group of each (permuted) column
+    hinv = _inverse_hessian_cholesky(h, damp)
+
     q_all = torch.empty(out_f, in_f, dtype=torch.int8, device=w.device)
-    if g is None:
-        scales[:, 0] = scales_from_threshold(
-            block_threshold(w.unsqueeze(1), dtype, algorithm, percentile)[:, 0], dtype
-        )
-    # blocks never split a group, so a group's columns are all in the current block
+    # in order, blocks never split a group, so a group's columns are all in the current block
     bs = max(block_size, g or 0)
     for i1 in range(0, in_f, bs):
         i2 = min(i1 + bs, in_f)
         w1 = w[:, i1:i2].clone()
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
-        s_cur = scales[:, 0].float()
         for i in range(i2 - i1):
             col = i1 + i
-            if g is not None:
-                if col % g == 0:
-                    grp = w1[:, i : i + g]
-                    t = block_threshold(grp.unsqueeze(1), dtype, algorithm, percentile)[:, 0]
-                    scales[:, col // g] = scales_from_threshold(t, dtype)
-                s_cur = scales[:, col // g].float()
+            if not static and col % g == 0:  # type: ignore[operator]
+                grp = w1[:, i : i + g]
+                t = block_threshold(grp.unsqueeze(1), dtype, algorithm, percentile)[:, 0]
+                scales[:, col // g] = scales_from_threshold(t, dtype)  # type: ignore[operator]
+            s_cur = scales[:, group_of[col]].float()
             wc = w1[:, i]
             q = torch.clamp(torch.round(wc / s_cur), dtype.qmin, dtype.qmax)
             q_all[:, col] = q.to(torch.int8)
@@ -113,4 +125,6 @@ def gptq_quantize(
             w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
             err1[:, i] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    if act_order:
+        q_all = q_all[:, torch.argsort(perm)]
     return q_all, scales

@@ -58,6 +58,8 @@ class BuildPlan:
     percentile: float = 99.99
     smooth_alpha: float = 0.5
     gptq: bool = False
+    #: GPTQ column order by decreasing Hessian diagonal, with static group scales
+    act_order: bool = True
 
     @property
     def weight_rule(self) -> str:
@@ -391,7 +393,14 @@ def sequential_gptq(
         for name, lin in mine.items():
             dt = dtypes[name]
             try:
-                q, s = gptq_quantize(lin.weight, acc[name].h, dt, plan.weight_rule, plan.percentile)
+                q, s = gptq_quantize(
+                    lin.weight,
+                    acc[name].h,
+                    dt,
+                    plan.weight_rule,
+                    plan.percentile,
+                    act_order=plan.act_order,
+                )
             except torch.linalg.LinAlgError as exc:
                 log.warning("GPTQ failed on %s (%s): rounding to nearest instead", name, exc)
                 q, s = _rtn(lin.weight, dt, plan)

@@ -72,7 +72,13 @@ def smoothing_factors(
 
 
 #: Migration strengths tried per group when calibration rows are available (None: no smoothing).
-ALPHA_GRID: tuple[float | None, ...] = (None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+ALPHA_GRID: tuple[float | None, ...] = (None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)
+
+
+#: Activation clip ratios tried together with each strength (relative to the smoothed
+#: calibration maximum): the static scale is clipped later anyway, so the strength is chosen
+#: for the range the layer will really use.
+CLIP_RATIOS = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.12)
 
 
 @torch.no_grad()
@@ -82,12 +88,14 @@ def search_factors(
     weights: list[torch.Tensor],
     dtype: QuantDtype,
     grid: tuple[float | None, ...] = ALPHA_GRID,
+    clip_ratios: tuple[float, ...] = CLIP_RATIOS,
 ) -> tuple[float | None, torch.Tensor]:
     """The smoothing strength with the smallest simulated w8a8 output error on rows ``x``.
 
     For each candidate the weights are scaled and rounded to nearest, the scaled activations
-    quantized per tensor (range: the exact calibration maximum ``max_j a_j / s_j``), and the
-    integer product compared with the float product of every Linear in the group.
+    quantized per tensor (range: the calibration maximum ``max_j a_j / s_j`` times the best of
+    ``clip_ratios``), and the integer product compared with the float product of every Linear
+    in the group.
     """
     from .formats import dequantize_weight, quantize_weight
 
@@ -101,15 +109,17 @@ def search_factors(
             s = smoothing_factors(act_absmax, weights, alpha)
         xs = x / s
         amax = float((act_absmax.float() / s).max()) or 1.0
-        step = amax / 127.0
-        qx = torch.clamp(torch.round(xs / step), -127, 127) * step
-        err = 0.0
-        for w, ref in zip(weights, refs, strict=True):
-            ws = w.detach().float() * s.unsqueeze(0)
-            q, sc = quantize_weight(ws, dtype)
-            err += float(((qx @ dequantize_weight(q, sc, dtype.group_size).t() - ref) ** 2).sum())
-        if best is None or err < best[0]:
-            best = (err, alpha, s)
+        wq = []
+        for w in weights:
+            q, sc = quantize_weight(w.detach().float() * s.unsqueeze(0), dtype)
+            wq.append(dequantize_weight(q, sc, dtype.group_size))
+        for ratio in clip_ratios:
+            step = amax * ratio / 127.0
+            qx = torch.clamp(torch.round(xs / step), -127, 127) * step
+            pairs = zip(wq, refs, strict=True)
+            err = sum(float(((qx @ w.t() - ref) ** 2).sum()) for w, ref in pairs)
+            if best is None or err < best[0]:
+                best = (err, alpha, s)
     assert best is not None
     return best[1], best[2]
 
