@@ -374,9 +374,7 @@ class RKLLM:
             "quantized_algorithm": quantized_algorithm,
             "calibration_algorithm": algorithm,
             "optimization_level": optimization_level,
-            "optimizations": (["gptq"] if gptq else [])
-            + (["smoothquant"] if plan.smooth else [])
-            + (["range_search"] if report and report.range_multipliers is not None else []),
+            "optimizations": (["gptq"] if gptq else []) + (["smoothquant"] if plan.smooth else []),
             "target_platform": platform.name.upper(),
             "num_npu_core": num_npu_core,
             "hybrid_rate": float(hybrid_rate),
@@ -390,7 +388,6 @@ class RKLLM:
                 "dataset_sha256": dataset_digest(samples) if samples and needs_data else None,
                 "builtin_samples": needs_data and dataset is None,
                 "smoothed_groups": report.smoothed_groups if report else 0,
-                "range_multipliers": report.range_multipliers if report else None,
             },
             "float_params": "fp16",
             "quantized_layers": len(report.layers) if report else 0,

@@ -8,14 +8,10 @@ Order of work (each pass shows a progress bar):
    arguments (so layers can be replayed one at a time);
 2. ``optimization_level=1`` with an ``a8`` dtype: SmoothQuant folding, checked on the model's
    float output;
-3. quantization: ``optimization_level=1`` runs GPTQ (act-order with static group scales)
-   layer by layer, feeding each decoder layer the output of the already-quantized layers
-   before it (activation histograms and sampled rows for the static scales are collected
-   along the way, and each static scale is clip-searched on its layer's output error);
-   level 0 rounds to nearest;
-4. every quantized Linear is replaced by :class:`~.qlinear.QuantLinear`;
-5. ``optimization_level=1`` with static int8 activations: one range factor per layer role
-   searched on the KL divergence to the float model's next-token distributions.
+3. quantization: ``optimization_level=1`` runs GPTQ layer by layer, feeding each decoder layer
+   the output of the already-quantized layers before it (activation histograms for the static
+   scales are collected along the way); level 0 rounds to nearest;
+4. every quantized Linear is replaced by :class:`~.qlinear.QuantLinear`.
 
 Parameters that stay in floating point (embeddings, norms, the output head) are rounded to
 fp16, the precision the NPU keeps them in; the simulation itself computes in fp32.
@@ -66,15 +62,6 @@ class BuildPlan:
     act_order: bool = True
 
     @property
-    def refine_ranges(self) -> bool:
-        """Level 1 with static int8 activations: role-wise range search on the model's loss."""
-        return (
-            self.optimization_level >= 1
-            and self.act_mode == "static"
-            and self.dtype.quantizes_activations
-        )
-
-    @property
     def weight_rule(self) -> str:
         """How GPTQ clips each weight group: ``normal`` at level 1 searches the clip ratio with
         the smallest rounding error (the weight analogue of ``kl_divergence``, as AWQ-style
@@ -106,8 +93,6 @@ class BuildReport:
     calibration_samples: int = 0
     calibration_tokens: int = 0
     hybrid_layers: list[str] = field(default_factory=list)
-    #: None: no range search ran (not level 1 static int8, or fewer than 4 batches)
-    range_multipliers: dict[str, float] | None = None
 
 
 # --------------------------------------------------------------------------- model structure
@@ -361,17 +346,11 @@ def sequential_gptq(
     layer_kwargs: list[list[dict[str, Any]]],
     first_inputs: list[torch.Tensor],
     hists: dict[str, AbsHistogram],
-    held_out: int = 0,
 ) -> dict[str, LayerResult]:
-    """GPTQ, one decoder layer at a time, each fed by the quantized layers before it.
-
-    The last ``held_out`` batches feed the Hessians and histograms but not the rows of the
-    activation clip search, so that the range search can judge the clipping on unseen text.
-    """
+    """GPTQ, one decoder layer at a time, each fed by the quantized layers before it."""
     results: dict[str, LayerResult] = {}
     hidden = list(first_inputs)
     want_hist = plan.act_mode == "static"
-    fit_rows = {"on": True}
     for index, layer in enumerate(tqdm(layers, desc="GPTQ", unit="layer")):
         prefix = f"{layers_name}.{index}."
         mine = {n: m for n, m in targets.items() if n.startswith(prefix)}
@@ -401,14 +380,11 @@ def sequential_gptq(
                 acc[name].add(x)
                 if want_hist:
                     hists.setdefault(name, AbsHistogram()).update(x)
-                    rows.setdefault(name, [])
-                    if fit_rows["on"]:
-                        rows[name].append(_sample_rows(x))
+                    rows.setdefault(name, []).append(_sample_rows(x))
 
             handles.append(lin.register_forward_pre_hook(hook))
         try:
             for b, h in enumerate(hidden):
-                fit_rows["on"] = b < len(hidden) - held_out
                 _layer_forward(layer, h, layer_kwargs[index][b])
                 seen.clear()
         finally:
@@ -513,9 +489,6 @@ def quantize_model(
     targets = target_linears(model)
     layers_name, layers = decoder_layers(model, targets)
     round_float_params_to_fp16(model)
-    # the range search judges the clipping on calibration text the clip search never saw
-    held_out = len(batches) // 4 if plan.refine_ranges and plan.gptq else 0
-    reference = float_reference(model, batches[len(batches) - held_out :]) if held_out else []
     need_hist = plan.act_mode == "static" and not plan.gptq
     # dynamic activations at level 0 need no calibration at all: pure round-to-nearest
     need_stats = plan.act_mode == "static" or plan.hybrid_rate > 0 or plan.gptq or plan.smooth
@@ -578,7 +551,7 @@ def quantize_model(
     hists: dict[str, AbsHistogram] = {}
     if plan.gptq:
         results = sequential_gptq(
-            plan, targets, layers_name, layers, dtypes, layer_kwargs, first_inputs, hists, held_out
+            plan, targets, layers_name, layers, dtypes, layer_kwargs, first_inputs, hists
         )
     else:
         if plan.act_mode == "static":
@@ -609,113 +582,7 @@ def quantize_model(
             "out_features": lin.out_features,
         }
     replace_modules(model, new_layers)
-    if reference:
-        report.range_multipliers = refine_activation_ranges(model, new_layers, reference)
-        for name, ql in new_layers.items():
-            if ql.act_scale is not None:
-                report.layers[name]["act_scale"] = float(ql.act_scale)
     return new_layers, report
-
-
-#: Multipliers tried on the static activation ranges of one layer role, in search order:
-#: wider first (clipping hurts the next-token loss more than the layer-output error says).
-RANGE_MULTIPLIERS_UP = (1.4, 2.0, 2.8, 4.0)
-RANGE_MULTIPLIERS_DOWN = (0.7, 0.5)
-#: Calibration batches scored per candidate (the search costs one forward pass each).
-RANGE_SEARCH_BATCHES = 4
-
-
-def _role(name: str) -> str:
-    return name.rpartition(".")[2]
-
-
-#: Float log-probabilities kept as the reference for the range search (fp16 elements): long
-#: sequences and large vocabularies keep every k-th position only.
-RANGE_REFERENCE_ELEMENTS = 40_000_000
-
-
-@dataclass
-class _Reference:
-    ids: torch.Tensor
-    positions: torch.Tensor
-    logp: torch.Tensor  # fp16 [positions, vocab]
-
-
-@torch.no_grad()
-def float_reference(model: nn.Module, batches: list[torch.Tensor]) -> list[_Reference]:
-    """The float model's next-token distributions on (up to) ``RANGE_SEARCH_BATCHES``
-    held-out calibration batches, for :func:`refine_activation_ranges`."""
-    data = [b for b in batches if b.shape[1] > 1][:RANGE_SEARCH_BATCHES]
-    refs = []
-    for ids in data:
-        logp = torch.log_softmax(_logits(model, ids)[0], dim=-1)
-        per_batch = RANGE_REFERENCE_ELEMENTS // max(len(data), 1)
-        stride = max(1, -(-logp.numel() // per_batch))
-        pos = torch.arange(0, logp.shape[0], stride)
-        refs.append(_Reference(ids, pos, logp[pos].to(torch.float16)))
-    return refs
-
-
-@torch.no_grad()
-def _divergence(model: nn.Module, refs: list[_Reference]) -> float:
-    """Mean KL(float || quantized) of the next-token distributions at the reference positions."""
-    total, count = 0.0, 0
-    for ref in refs:
-        logq = torch.log_softmax(_logits(model, ref.ids)[0][ref.positions], dim=-1)
-        logp = ref.logp.float()
-        total += float((logp.exp() * (logp - logq)).sum())
-        count += ref.positions.numel()
-    return total / max(count, 1)
-
-
-@torch.no_grad()
-def refine_activation_ranges(
-    model: nn.Module, layers: dict[str, QuantLinear], refs: list[_Reference]
-) -> dict[str, float]:
-    """Widen or narrow the static activation ranges of each layer role (all ``down_proj``, all
-    ``o_proj`` …) by the factor that brings the quantized model's next-token distributions
-    closest (KL divergence) to the float model's on held-out calibration text.
-
-    The per-layer clip search minimises each layer's output error on the rows it was fitted
-    on, and clips too tightly for text it has not seen (larger activations there are cut);
-    one factor per role, chosen on the whole model's output for held-out text, corrects that
-    with a handful of parameters (nothing to overfit).
-    Returns the factor kept per role (roles left at 1 are omitted).
-    """
-    static = {n: ql for n, ql in layers.items() if ql.act_scale is not None}
-    if not static or not refs:
-        return {}
-    roles: dict[str, list[QuantLinear]] = {}
-    for name, ql in static.items():
-        roles.setdefault(_role(name), []).append(ql)
-    base = {id(ql): ql.act_scale.clone() for ql in static.values()}
-    best_loss = _divergence(model, refs)
-    kept: dict[str, float] = {}
-    bar = tqdm(total=len(roles), desc="activation ranges", unit="role")
-    for role, qls in roles.items():
-
-        def apply(factor: float, qls: list[QuantLinear] = qls) -> None:
-            for ql in qls:
-                ql.act_scale.copy_(base[id(ql)] * factor)
-
-        chosen = 1.0
-        for direction in (RANGE_MULTIPLIERS_UP, RANGE_MULTIPLIERS_DOWN):
-            for factor in direction:
-                apply(factor)
-                loss = _divergence(model, refs)
-                if loss < best_loss * (1 - 1e-3):
-                    best_loss, chosen = loss, factor
-                else:
-                    break  # the loss is unimodal enough in the factor: stop at the first rise
-            if chosen != 1.0:
-                break  # widening helped: no need to try narrowing
-        apply(chosen)
-        if chosen != 1.0:
-            kept[role] = chosen
-        bar.update(1)
-    bar.close()
-    log.info("activation ranges rescaled per role: %s (KL to float %.4g)", kept, best_loss)
-    return kept
 
 
 def replace_modules(model: nn.Module, new: dict[str, nn.Module]) -> None:
