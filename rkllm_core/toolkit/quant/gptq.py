@@ -1,10 +1,13 @@
 """GPTQ: rounding with error feedback through the inverse Hessian of each layer's inputs.
 
 Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
-Transformers" (2022). The form here is the one Rockchip's toolkit imports from GPTQ
-checkpoints: symmetric, no activation reordering (``desc_act=False``), groups along the input
-dimension, scales chosen per group when the quantizer reaches the group's first column (so they
-see the weights already updated by the error feedback).
+Transformers" (2022). The result has the form Rockchip's toolkit imports from GPTQ
+checkpoints: symmetric, groups along the input dimension, columns stored in plain order
+(``desc_act=False``). Two orders are offered: in order, each group's scale chosen when the
+quantizer reaches its first column (so it sees the weights already updated by the error
+feedback); or act-order with static groups (scales fixed from the original weights, columns
+visited by decreasing Hessian diagonal), which needs no permutation in the file and is the
+more accurate on LLM inputs.
 """
 
 from __future__ import annotations

@@ -8,9 +8,11 @@ Order of work (each pass shows a progress bar):
    arguments (so layers can be replayed one at a time);
 2. ``optimization_level=1`` with an ``a8`` dtype: SmoothQuant folding, checked on the model's
    float output;
-3. quantization: ``optimization_level=1`` runs GPTQ layer by layer, feeding each decoder layer
-   the output of the already-quantized layers before it (activation histograms for the static
-   scales are collected along the way); level 0 rounds to nearest;
+3. quantization: ``optimization_level=1`` runs GPTQ (act-order with static group scales)
+   layer by layer, feeding each decoder layer the output of the already-quantized layers
+   before it (activation histograms and sampled rows for the static scales are collected
+   along the way, and each static scale is clip-searched on its layer's output error);
+   level 0 rounds to nearest;
 4. every quantized Linear is replaced by :class:`~.qlinear.QuantLinear`.
 
 Parameters that stay in floating point (embeddings, norms, the output head) are rounded to
