@@ -7,6 +7,7 @@ methods, parameters and return codes (0 success, -1 failure; the reason is logge
 
 ``export_rkllm`` writes our portable ``.rkllm-pc`` directory (see :mod:`.export`); a ``.rkllm``
 path is handed to Rockchip's own toolkit when it is installed, and refused otherwise.
+``export_gptq`` (rkllm-py only) writes a Hugging Face GPTQ checkpoint (see :mod:`.gptq_export`).
 """
 
 from __future__ import annotations
@@ -468,6 +469,32 @@ class RKLLM:
         if path.suffix.lower() != SUFFIX:
             log.info("exporting to %s (the %s suffix is recommended)", path, SUFFIX)
         write_export(path, self._built, self._tokenizer, self._manifest)
+        return 0
+
+    @_rockchip_call
+    def export_gptq(self, export_path: str | os.PathLike[str]) -> int:
+        """Export the built model as a Hugging Face GPTQ checkpoint directory; 0 or -1.
+
+        rkllm-py only. The checkpoint (AutoGPTQ format v1, symmetric, ``desc_act`` false; see
+        :mod:`.gptq_export`) holds exactly the integers and scales of the build, and loads in
+        Rockchip's own toolkit (``load_huggingface``) and in GPTQ loaders (AutoGPTQ, GPTQModel,
+        transformers). It needs a quantized build whose layers share one of the layouts
+        Rockchip accepts: 4-bit per-channel or group 32/64/128, 8-bit per-channel or group
+        128/256/512 (so no ``hybrid_rate`` that mixes group sizes). For ``a8`` dtypes the
+        activation scales, which GPTQ has no place for, go to ``rkllm_activation_scales.json``.
+        ``export_path`` must be a new path or an empty directory.
+        """
+        from .gptq_export import write_gptq
+
+        if self._built is None:
+            raise ExportError("nothing to export: call build() first")
+        if not self._manifest.get("do_quantization", False):
+            raise ExportError(
+                "the build is not quantized (do_quantization=False), and a GPTQ checkpoint"
+                " holds quantized weights: build() with do_quantization=True, or use"
+                " export_rkllm() for an fp16 export"
+            )
+        write_gptq(Path(export_path), self._built, self._tokenizer, self._manifest)
         return 0
 
     def _export_with_rockchip(self, path: Path) -> int:

@@ -28,7 +28,16 @@ def register(subparsers: Any) -> None:
         "convert", help="quantize a Hugging Face directory or GGUF file for a Rockchip NPU"
     )
     conv.add_argument("model", help="Hugging Face directory, .gguf file or demo name (smollm2)")
-    conv.add_argument("-o", "--output", required=True, help="export path (NAME.rkllm-pc)")
+    conv.add_argument(
+        "-o", "--output", required=True, help="export path (NAME.rkllm-pc, or a new directory)"
+    )
+    conv.add_argument(
+        "--format",
+        default="rkllm-pc",
+        choices=["rkllm-pc", "gptq"],
+        help="rkllm-pc (default: the PC engine's export, or .rkllm via Rockchip's toolkit) or"
+        " gptq (a Hugging Face GPTQ checkpoint that Rockchip's toolkit and GPTQ loaders read)",
+    )
     conv.add_argument("--dtype", default="w8a8", help="quantized_dtype (default w8a8)")
     conv.add_argument("--platform", default="rk3588", help="target_platform (default rk3588)")
     conv.add_argument("--npu-cores", type=int, default=None, help="num_npu_core (default: all)")
@@ -108,8 +117,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
         max_context=args.max_context,
         activation_mode=args.activation_mode,
     )
-    llm.export_rkllm(args.output)
-    sys.stdout.write(f"exported {args.output}\n")
+    if args.format == "gptq":
+        llm.export_gptq(args.output)
+    else:
+        llm.export_rkllm(args.output)
+    sys.stdout.write(f"exported {args.output} ({args.format})\n")
     return 0
 
 
