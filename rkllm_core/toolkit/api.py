@@ -476,13 +476,14 @@ class RKLLM:
         """Export the built model as a Hugging Face GPTQ checkpoint directory; 0 or -1.
 
         rkllm-py only. The checkpoint (AutoGPTQ format v1, symmetric, ``desc_act`` false; see
-        :mod:`.gptq_export`) holds exactly the integers and scales of the build, and loads in
-        Rockchip's own toolkit (``load_huggingface``) and in GPTQ loaders (AutoGPTQ, GPTQModel,
-        transformers). It needs a quantized build whose layers share one of the layouts
-        Rockchip accepts: 4-bit per-channel or group 32/64/128, 8-bit per-channel or group
-        128/256/512 (so no ``hybrid_rate`` that mixes group sizes). For ``a8`` dtypes the
-        activation scales, which GPTQ has no place for, go to ``rkllm_activation_scales.json``.
-        ``export_path`` must be a new path or an empty directory.
+        :mod:`.gptq_export`) holds exactly the integers and scales of the build, in the layout
+        that Rockchip's toolkit (``load_huggingface``) and GPTQ loaders (AutoGPTQ, GPTQModel,
+        transformers) read; it was checked against AutoGPTQ's published dequantization, not
+        loaded by those tools (none is installable offline). The build's layers must share
+        one layout Rockchip accepts: 4-bit per-channel or group 32/64/128, 8-bit per-channel
+        or group 128/256/512 (so no ``hybrid_rate`` that mixes group sizes). For ``a8`` dtypes
+        the activation scales, which GPTQ has no place for, go to
+        ``rkllm_activation_scales.json``. ``export_path`` must be new or an empty directory.
         """
         from .gptq_export import write_gptq
 

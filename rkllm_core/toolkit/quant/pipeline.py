@@ -59,6 +59,10 @@ class BuildPlan:
     alt_dtype: QuantDtype | None = None
     percentile: float = 99.99
     smooth_alpha: float = 0.5
+    #: per-channel activation magnitude the smoothing factors balance: "rms" (robust: the
+    #: calibration maximum of a rarely active channel underestimates it on other text, and
+    #: smoothing then amplifies it past the static range) or "max" (SmoothQuant's original)
+    smooth_stat: str = "rms"
     gptq: bool = False
     #: GPTQ column order by decreasing Hessian diagonal, with static group scales
     act_order: bool = True
@@ -523,8 +527,12 @@ def quantize_model(
         groups = norm_groups(feeds) + find_mlp_pairs(model, targets)
         absmax = {n: st.absmax for n, st in stats.items()}
         rows = {n: torch.cat(st.rows) for n, st in stats.items() if enough_rows(st.rows)}
+        stat = None
+        if plan.smooth_stat == "rms":
+            stat = {n: (st.sumsq / max(st.n, 1)).sqrt() for n, st in stats.items()}
+
         report.smoothed_groups = apply_smoothing(
-            model, groups, absmax, plan.smooth_alpha, rows=rows, dtype=plan.dtype
+            model, groups, absmax, plan.smooth_alpha, rows=rows, dtype=plan.dtype, act_stat=stat
         )
         del rows
         after = _logits(model, batches[0])

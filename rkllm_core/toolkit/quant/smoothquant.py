@@ -89,6 +89,7 @@ def search_factors(
     dtype: QuantDtype,
     grid: tuple[float | None, ...] = ALPHA_GRID,
     clip_ratios: tuple[float, ...] = CLIP_RATIOS,
+    act_stat: torch.Tensor | None = None,
 ) -> tuple[float | None, torch.Tensor]:
     """The smoothing strength with the smallest simulated w8a8 output error on rows ``x``.
 
@@ -106,7 +107,7 @@ def search_factors(
         if alpha is None:
             s = torch.ones_like(act_absmax, dtype=torch.float32)
         else:
-            s = smoothing_factors(act_absmax, weights, alpha)
+            s = smoothing_factors(act_absmax if act_stat is None else act_stat, weights, alpha)
         xs = x / s
         amax = float((act_absmax.float() / s).max()) or 1.0
         wq = []
@@ -158,6 +159,7 @@ def apply_smoothing(
     alpha: float = DEFAULT_ALPHA,
     rows: dict[str, torch.Tensor] | None = None,
     dtype: QuantDtype | None = None,
+    act_stat: dict[str, torch.Tensor] | None = None,
 ) -> int:
     """Fold smoothing factors for every group; returns how many groups were smoothed.
 
@@ -174,12 +176,14 @@ def apply_smoothing(
             a = act_absmax[grp.linears[0]]
             x = rows.get(grp.linears[0]) if rows is not None else None
             if x is not None and dtype is not None:
-                chosen, s = search_factors(x, a, [lin.weight for lin in lins], dtype)
+                stat = act_stat.get(grp.linears[0]) if act_stat is not None else None
+                chosen, s = search_factors(x, a, [lin.weight for lin in lins], dtype, act_stat=stat)
                 log.debug("smoothing %s: alpha %s", grp.producer, chosen)
                 if chosen is None:
                     continue
             else:
-                s = smoothing_factors(a, [lin.weight for lin in lins], alpha)
+                stat = act_stat.get(grp.linears[0], a) if act_stat is not None else a
+                s = smoothing_factors(stat, [lin.weight for lin in lins], alpha)
             producer = modules[grp.producer]
             if grp.kind == "norm":
                 if not _fold_into_norm(producer, s):
