@@ -7,10 +7,16 @@ python3-doc package (``apt-get install python3-doc``), markup stripped, tokenize
 first ``--windows`` non-overlapping 512-token windows are scored (Rockchip's recipe).
 Calibration: ``--calib-samples`` disjoint 512-token pieces of the python3-doc HOWTOs.
 
+Optimisation (``:opt`` rows, ``optimization_level=1``): GPTQ in act-order with static group
+scales; for w8a8 also SmoothQuant balanced on per-channel RMS with the strength and the
+activation clip searched together, then a static clip search per layer after GPTQ.
+
 Targets (issue 6): w8a8 with optimisation within +2% of float; w4a16_g128 with optimisation at
 least 40% of the way from RTN's loss back to float. SmolLM2's hidden size (576) is not a
 multiple of 128, so the toolkit rejects every _g128 dtype for it (the rows say so); the w4a16
-target is then checked on the largest group size the model accepts (g64).
+target is then checked on the largest group size the model accepts (g64). On
+Qwen2.5-Coder-0.5B (``--model qwen2.5-coder-0.5b``), which accepts g128, GPTQ needs more
+calibration tokens than its widest layer has inputs (4864): use ``--calib-samples 32`` or more.
 """
 
 from __future__ import annotations
