@@ -15,8 +15,9 @@ Targets (issue 6): w8a8 with optimisation within +2% of float; w4a16_g128 with o
 least 40% of the way from RTN's loss back to float. SmolLM2's hidden size (576) is not a
 multiple of 128, so the toolkit rejects every _g128 dtype for it (the rows say so); the w4a16
 target is then checked on the largest group size the model accepts (g64). On
-Qwen2.5-Coder-0.5B (``--model qwen2.5-coder-0.5b``), which accepts g128, GPTQ needs more
-calibration tokens than its widest layer has inputs (4864): use ``--calib-samples 32`` or more.
+Qwen2.5-Coder-0.5B (``--model qwen2.5-coder-0.5b``), which accepts g128, GPTQ needs several
+calibration tokens per input of its widest layer (4864): use ``--calib-samples 48`` (the share
+of RTN's loss recovered at g128 was 14% / 30% / 39% / 42% with 8 / 24 / 32 / 48 samples).
 """
 
 from __future__ import annotations

@@ -500,6 +500,8 @@ def quantize_model(
     need_stats = plan.act_mode == "static" or plan.hybrid_rate > 0 or plan.gptq or plan.smooth
     if need_stats and not batches:
         raise QuantizationError("calibration needs at least one sample")
+    if plan.gptq:
+        warn_if_few_gptq_tokens(report.calibration_tokens, targets)
     stats: dict[str, _InputStats] = {}
     feeds: dict[str, str] = {}
     layer_kwargs: list[list[dict[str, Any]]] = []
@@ -593,6 +595,31 @@ def quantize_model(
         }
     replace_modules(model, new_layers)
     return new_layers, report
+
+
+#: GPTQ wants at least this many calibration tokens per input feature of its widest layer.
+#: Measured on Qwen2.5-Coder-0.5B w4a16_g128 (widest input 4864): 4k calibration tokens
+#: recovered 14% of round-to-nearest's perplexity loss, 12k 30%, 16k 39%, 25k 42%.
+GPTQ_TOKENS_PER_INPUT = 4
+
+
+def warn_if_few_gptq_tokens(tokens: int, targets: dict[str, nn.Linear]) -> bool:
+    """Log a warning (and return True) when the calibration set is too small for GPTQ's
+    Hessian estimates: below a few tokens per input feature GPTQ fits the calibration text
+    rather than the model, and recovers little of the rounding loss."""
+    widest = max(lin.in_features for lin in targets.values())
+    wanted = GPTQ_TOKENS_PER_INPUT * widest
+    if tokens >= wanted:
+        return False
+    log.warning(
+        "GPTQ calibration has %d tokens for layers with up to %d inputs; about %d or more"
+        " (%d per input) make its accuracy optimisation effective: add calibration samples",
+        tokens,
+        widest,
+        wanted,
+        GPTQ_TOKENS_PER_INPUT,
+    )
+    return True
 
 
 def replace_modules(model: nn.Module, new: dict[str, nn.Module]) -> None:

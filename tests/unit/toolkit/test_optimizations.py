@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 
 from rkllm_core.toolkit import RKLLM
@@ -174,3 +175,28 @@ def test_rms_balanced_smoothing_generalizes_to_unseen_tokens() -> None:
             out = qx @ dequantize_weight(q, sc, None).t()
             errs[name] = float(((out - ref) ** 2).mean() / (ref**2).mean())
         assert errs["rms"] < 0.5 * errs["max"], (seed, errs)
+
+
+def test_gptq_warns_when_calibration_is_too_small_for_its_hessians(
+    tiny_model_dir: Callable[[str], Path], calib_json: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rkllm_core.toolkit.quant.pipeline import GPTQ_TOKENS_PER_INPUT, warn_if_few_gptq_tokens
+
+    llm = RKLLM(strict=True)
+    llm.load_huggingface(str(tiny_model_dir("llama")))
+    targets = target_linears(llm.model)
+    widest = max(lin.in_features for lin in targets.values())
+    assert warn_if_few_gptq_tokens(GPTQ_TOKENS_PER_INPUT * widest - 1, targets)
+    assert not warn_if_few_gptq_tokens(GPTQ_TOKENS_PER_INPUT * widest, targets)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rkllm_core.toolkit.quant.pipeline"):
+        llm.build(
+            optimization_level=1,
+            quantized_dtype="w4a16",
+            target_platform="rk3576",
+            num_npu_core=2,
+            dataset=str(calib_json),
+        )
+    tokens = llm.manifest["calibration"]["tokens"]
+    warned = any("add calibration samples" in r.getMessage() for r in caplog.records)
+    assert warned == (tokens < GPTQ_TOKENS_PER_INPUT * widest)
