@@ -5,34 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from langchain_tests.integration_tests import (
-    ChatModelIntegrationTests,
-    EmbeddingsIntegrationTests,
-)
+from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 
-from langchain_rkllm import ChatRKLLM, RKLLMEmbeddings
-from rkllm_core import KNOWN_MODELS, fetch_model
+from langchain_rkllm import RKLLMEmbeddings
 
 from .conftest import DEMO_MODEL
+from .suites import RKLLMChatIntegrationSuite
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("demo_model")]
 
 
-class TestChatRKLLMIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[ChatRKLLM]:
-        return ChatRKLLM
+class TestChatRKLLMIntegration(RKLLMChatIntegrationSuite):
+    model_name = DEMO_MODEL
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
         # Greedy and short: SmolLM2 on shared CPU cores decodes a few tokens per second.
         return {"model": DEMO_MODEL, "temperature": 0, "max_tokens": 8}
-
-    @property
-    def model_override_value(self) -> str:
-        # Another name for the same model (its file path): the per-call ``model=`` path is
-        # exercised, and shared_model resolves it to the already loaded copy.
-        return str(fetch_model(DEMO_MODEL)) if DEMO_MODEL in KNOWN_MODELS else DEMO_MODEL
 
     # What SmolLM2-135M can actually do. The code paths behind these flags (bind_tools,
     # tool_choice, with_structured_output in all three methods) exist and are tested in
@@ -52,14 +41,6 @@ class TestChatRKLLMIntegration(ChatModelIntegrationTests):
 
     @property
     def supports_json_mode(self) -> bool:
-        return False
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def supports_image_inputs(self) -> bool:
         return False
 
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from langchain_rkllm import ChatRKLLM
-from rkllm_core import RKLLMModel, fetch_model, shared_model
+from rkllm_core import RKLLMModel, shared_model
+
+from .suites import RKLLMChatIntegrationSuite
 
 QWEN = "qwen2.5-coder-0.5b"
 
@@ -31,10 +32,8 @@ def qwen_model() -> RKLLMModel:
     return shared_model(QWEN)
 
 
-class TestChatRKLLMQwenIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[ChatRKLLM]:
-        return ChatRKLLM
+class TestChatRKLLMQwenIntegration(RKLLMChatIntegrationSuite):
+    model_name = QWEN
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
@@ -44,11 +43,6 @@ class TestChatRKLLMQwenIntegration(ChatModelIntegrationTests):
         # (~20 tokens/s here), so the standard 60 s per-call timeout is raised: a loaded
         # machine must not turn into a spurious TimeoutError.
         return {"model": QWEN, "temperature": 0, "top_k": 1, "max_tokens": 64, "timeout": 300}
-
-    @property
-    def model_override_value(self) -> str:
-        # The same model by file path: shared_model resolves it to the loaded copy.
-        return str(fetch_model(QWEN))
 
     @property
     def has_tool_calling(self) -> bool:
@@ -69,14 +63,6 @@ class TestChatRKLLMQwenIntegration(ChatModelIntegrationTests):
     @property
     def supports_json_mode(self) -> bool:
         return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def supports_image_inputs(self) -> bool:
-        return False
 
 
 class _FunctionCallingStructuredOutput(TestChatRKLLMQwenIntegration):
