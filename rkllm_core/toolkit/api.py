@@ -57,6 +57,17 @@ ACT_TYPES = ("silu", "gelu", "relu", "fatrelu", "squarerelu", "swiglu")
 #: more data costs time linearly and gains little for ranges and Hessians.
 CALIB_MAX_TOKENS = 512
 CALIB_MAX_SAMPLES = 128
+#: manifest entries a build with ``extra_qparams`` takes from the export it reuses: they say how
+#: the reused numbers were found
+REUSED_MANIFEST_KEYS = (
+    "quantized_algorithm",
+    "calibration_algorithm",
+    "optimization_level",
+    "optimizations",
+    "hybrid_rate",
+    "hybrid_layers",
+    "calibration",
+)
 
 
 def _rockchip_call(fn: Callable[..., T]) -> Callable[..., int | T]:
@@ -312,12 +323,14 @@ class RKLLM:
             or not 0 <= hybrid_rate < 1
         ):
             raise BuildConfigError(f"hybrid_rate must be a number in [0, 1), not {hybrid_rate!r}")
+        reused = None
         if extra_qparams is not None:
-            raise BuildConfigError(
-                "extra_qparams: rkllm-py cannot reuse a .qparams cache (Rockchip's grq writes"
-                " them in an undocumented format); pass extra_qparams=None"
+            reused = self._check_qparams(
+                extra_qparams, do_quantization, dtype, activation_mode, hybrid_rate
             )
         samples = load_dataset(dataset)
+        if reused is not None and samples:
+            log.info("extra_qparams: the parameters are reused, the dataset is not needed")
         targets = target_linears(self._model)
         if do_quantization:
             if not targets:
@@ -345,7 +358,11 @@ class RKLLM:
             hybrid_rate=float(hybrid_rate),
             gptq=gptq,
         )
-        needs_data = do_quantization and (plan.act_mode == "static" or gptq or hybrid_rate > 0)
+        needs_data = (
+            do_quantization
+            and reused is None
+            and (plan.act_mode == "static" or gptq or hybrid_rate > 0)
+        )
         if needs_data and not samples:
             log.warning(
                 "no calibration dataset: using rkllm-py's %d built-in samples; a dataset from"
@@ -354,10 +371,15 @@ class RKLLM:
             )
             samples = list(DEFAULT_SAMPLES)
 
-        model = copy.deepcopy(self._model).float().eval()
         report = None
+        if reused is not None:
+            model = self._load_qparams(Path(str(extra_qparams)), plan.act_mode)
+        else:
+            model = copy.deepcopy(self._model).float().eval()
         with torch.no_grad():
-            if do_quantization:
+            if reused is not None:
+                pass  # the export's model is already the built model
+            elif do_quantization:
                 batches = self._calibration_batches(samples) if needs_data else []
                 _, report = quantize_model(model, plan, batches)
             else:
@@ -393,6 +415,13 @@ class RKLLM:
             "float_params": "fp16",
             "quantized_layers": len(report.layers) if report else 0,
         }
+        if reused is not None:
+            # the numbers were found by the earlier build: describe how, and where they came from
+            for key in REUSED_MANIFEST_KEYS:
+                if key in reused:
+                    self._manifest[key] = reused[key]
+            self._manifest["quantized_layers"] = len(reused.get("layers", {}))
+            self._manifest["qparams_from"] = str(Path(str(extra_qparams)).expanduser().absolute())
         log.info(
             "built %s for %s (%s, level %d)",
             self._manifest["quantized_dtype"],
@@ -401,6 +430,81 @@ class RKLLM:
             optimization_level,
         )
         return 0
+
+    def _check_qparams(
+        self,
+        path: str | os.PathLike[str],
+        do_quantization: bool,
+        dtype: Any,
+        activation_mode: str,
+        hybrid_rate: float,
+    ) -> dict[str, Any]:
+        """The manifest of the export ``path`` whose quantization parameters ``build`` reuses,
+        after checking that it fits the loaded model and the requested build."""
+        from .export import SUFFIX, is_export, read_manifest
+
+        p = Path(path).expanduser()
+        if not do_quantization:
+            raise BuildConfigError(
+                "extra_qparams reuses quantization parameters: it needs do_quantization=True"
+            )
+        if not p.exists():
+            raise BuildConfigError(f"extra_qparams: {p} does not exist")
+        if not is_export(p):
+            raise BuildConfigError(
+                f"extra_qparams: {p} is not an rkllm-py export. rkllm-py reuses the parameters"
+                f" of a directory written by an earlier export_rkllm() (NAME{SUFFIX}); it does"
+                f" not read Rockchip's .qparams caches, whose format is undocumented"
+            )
+        old = read_manifest(p)
+        mine, theirs = self._source.get("sha256"), old.get("source", {}).get("sha256")
+        if not mine or mine != theirs:
+            raise BuildConfigError(
+                f"extra_qparams: {p} was built from another model (source sha256"
+                f" {str(theirs)[:12]}…, the loaded model's is {str(mine)[:12]}…): load the model"
+                f" it was built from, or build without extra_qparams"
+            )
+        if str(old.get("quantized_dtype", "")).lower() != dtype.name:
+            raise BuildConfigError(
+                f"extra_qparams: {p} holds {old.get('quantized_dtype')} parameters, not"
+                f" {dtype.name}: pass quantized_dtype={old.get('quantized_dtype')!r}"
+            )
+        if float(old.get("hybrid_rate", 0.0)) != float(hybrid_rate):
+            raise BuildConfigError(
+                f"extra_qparams: {p} was built with hybrid_rate={old.get('hybrid_rate')}, which"
+                f" decided its layers' dtypes: pass the same hybrid_rate"
+            )
+        if (
+            dtype.quantizes_activations
+            and activation_mode == "static"
+            and old.get("activation_mode") != "static"
+        ):
+            raise BuildConfigError(
+                f"extra_qparams: {p} has no calibrated activation scales (it was built with"
+                f" activation_mode={old.get('activation_mode')!r}): build it again with"
+                f" static activations, or pass activation_mode='dynamic'"
+            )
+        return old
+
+    def _load_qparams(self, path: Path, act_mode: str | None) -> Any:
+        """The built model of the export ``path``, its a8 layers switched to ``act_mode``."""
+        from .export import load_export
+        from .quant.qlinear import QuantLinear
+
+        model, _ = load_export(path.expanduser())
+        mine = {k: tuple(v.shape) for k, v in self._model.state_dict().items()}
+        for name, mod in model.named_modules():
+            if isinstance(mod, QuantLinear):
+                want = mine.get(f"{name}.weight")
+                if want != (mod.out_features, mod.in_features):
+                    raise BuildConfigError(
+                        f"extra_qparams: {path} layer {name} is {mod.out_features}x"
+                        f"{mod.in_features}, the loaded model's is {want}"
+                    )
+                if mod.act_mode == "static" and act_mode == "dynamic":
+                    mod.use_dynamic_activations()  # the integers do not depend on the mode
+        del model.rkllm_manifest
+        return model.float().eval()
 
     @staticmethod
     def _check_algorithm(name: str, dtype: Any, level: int) -> tuple[str, bool]:

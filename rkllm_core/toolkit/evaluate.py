@@ -213,7 +213,7 @@ def perplexity_table(
                     model = copy.deepcopy(static_builds[key])
                     for m in model.modules():
                         if isinstance(m, QuantLinear) and m.act_mode == "static":
-                            m.act_mode, m.act_scale = "dynamic", None
+                            m.use_dynamic_activations()
                 else:
                     platform, cores = cfg.platform()
                     try:

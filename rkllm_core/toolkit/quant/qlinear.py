@@ -77,6 +77,12 @@ class QuantLinear(nn.Module):
             layer.act_scale = torch.as_tensor(act_scale, dtype=torch.float32).reshape(())
         return layer
 
+    def use_dynamic_activations(self) -> None:
+        """Scale activations per call from now on (the integer weights stay as they are)."""
+        if self.act_mode is not None:
+            self.act_mode = "dynamic"
+            self.act_scale = None
+
     @property
     def group_size(self) -> int | None:
         return self.qdtype.group_size

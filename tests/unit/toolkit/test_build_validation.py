@@ -45,7 +45,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"hybrid_rate": 1.0}, r"\[0, 1\)"),
     ({"hybrid_rate": -0.1}, "hybrid_rate"),
     ({"activation_mode": "per-token"}, "activation_mode"),
-    ({"extra_qparams": "model.qparams"}, "qparams"),
+    ({"extra_qparams": "model.qparams"}, "does not exist"),
     ({"dataset": "/nonexistent/data_quant.json"}, "does not exist"),
     # group size 512 does not divide the tiny model's 256-wide layers
     ({"quantized_dtype": "w8a8_g512"}, "group size 512 does not divide layer"),
