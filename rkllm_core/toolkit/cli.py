@@ -48,6 +48,12 @@ def register(subparsers: Any) -> None:
     conv.add_argument("--max-context", type=int, default=4096)
     conv.add_argument("--activation-mode", default="static", choices=["static", "dynamic"])
     conv.add_argument("--lora", default=None, help="LoRA directory to merge (HF models)")
+    conv.add_argument(
+        "--qparams",
+        default=None,
+        help="reuse the quantization parameters of an earlier .rkllm-pc export of the same"
+        " model (extra_qparams: no calibration; e.g. to write it again --format gptq)",
+    )
     conv.add_argument("--no-quantization", action="store_true", help="export fp16 weights")
     conv.set_defaults(func=cmd_convert)
 
@@ -112,6 +118,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         quantized_algorithm=args.algorithm,
         target_platform=args.platform,
         num_npu_core=cores,
+        extra_qparams=args.qparams,
         dataset=args.dataset,
         hybrid_rate=args.hybrid_rate,
         max_context=args.max_context,

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from rkllm_core.toolkit import cli
 from rkllm_core.toolkit.evaluate import QuantConfig
@@ -31,6 +32,46 @@ def test_convert_writes_an_export(
     )  # fmt: skip
     assert args.func(args) == 0
     assert is_export(out) and "exported" in capsys.readouterr().out
+
+
+def test_convert_reuses_an_export_as_gptq(
+    tiny_model_dir: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from safetensors.torch import load_file
+
+    from rkllm_core.toolkit.export import load_export
+    from rkllm_core.toolkit.quant import pipeline
+    from rkllm_core.toolkit.quant.qlinear import QuantLinear
+
+    first = tmp_path / "first.rkllm-pc"
+    parser = _parser()
+    args = parser.parse_args(
+        ["convert", str(tiny_model_dir("llama")), "-o", str(first), "--dtype", "w4a16_g32",
+         "--platform", "rk3576", "--optimization-level", "1"]
+    )  # fmt: skip
+    assert args.func(args) == 0
+
+    def no_quantization(*_a: object, **_k: object) -> None:
+        raise AssertionError("--qparams must not quantize again")
+
+    monkeypatch.setattr(pipeline, "quantize_model", no_quantization)
+    gptq = tmp_path / "gptq"
+    args = parser.parse_args(
+        ["convert", str(tiny_model_dir("llama")), "-o", str(gptq), "--format", "gptq",
+         "--dtype", "w4a16_g32", "--platform", "rk3576", "--qparams", str(first)]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    config = json.loads((gptq / "config.json").read_text())
+    assert config["quantization_config"]["group_size"] == 32
+    # the GPTQ checkpoint holds the first build's scales
+    model, _ = load_export(first)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    stored = load_file(str(next(gptq.glob("*.safetensors"))))
+    name = next(iter(layers))
+    scales = stored[f"{name}.scales"]  # [groups, out]
+    assert torch.equal(scales, layers[name].scales.t().to(scales.dtype))
 
 
 def test_eval_prints_a_table(
