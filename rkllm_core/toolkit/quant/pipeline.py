@@ -59,10 +59,15 @@ class BuildPlan:
     alt_dtype: QuantDtype | None = None
     percentile: float = 99.99
     smooth_alpha: float = 0.5
-    #: per-channel activation magnitude the smoothing factors balance: "rms" (robust: the
-    #: calibration maximum of a rarely active channel underestimates it on other text, and
-    #: smoothing then amplifies it past the static range) or "max" (SmoothQuant's original)
+    #: per-channel activation magnitude the smoothing factors balance for a gated MLP's down
+    #: projection: "rms" (robust: SwiGLU outputs are sparse, the calibration maximum of a
+    #: rarely active channel underestimates it on other text, and smoothing then amplifies it
+    #: past the static range) or "max" (SmoothQuant's original)
     smooth_stat: str = "rms"
+    #: the same for Linears fed by a normalisation layer: their outlier channels are persistent
+    #: (the norm's weight makes them), so the calibration maximum is a stable statistic and
+    #: balancing it matters most (Qwen2.5-Coder-0.5B w8a8: +6.6% with "max" here, +10.5% "rms")
+    smooth_stat_norm: str = "max"
     gptq: bool = False
     #: GPTQ column order by decreasing Hessian diagonal, with static group scales
     act_order: bool = True
@@ -266,6 +271,15 @@ def observe(
     return stats, feeds, layer_kwargs, first_inputs
 
 
+def channel_magnitude(st: _InputStats, kind: str) -> torch.Tensor:
+    """Per-input-channel magnitude of the calibration activations: ``max`` or ``rms``."""
+    if kind == "max":
+        return st.absmax
+    if kind == "rms":
+        return (st.sumsq / max(st.n, 1)).sqrt()
+    raise ValueError(f"unknown channel statistic {kind!r}")
+
+
 def norm_groups(feeds: dict[str, str]) -> list[SmoothGroup]:
     """Group the Linear layers by the normalisation layer that feeds them."""
     by_norm: dict[str, list[str]] = {}
@@ -411,9 +425,13 @@ def sequential_gptq(
                 log.warning("GPTQ failed on %s (%s): rounding to nearest instead", name, exc)
                 q, s = _rtn(lin.weight, dt, plan)
             results[name] = LayerResult(dt, q, s)
-            if want_hist and dt.quantizes_activations and enough_rows(rows[name]):
+            if want_hist and dt.quantizes_activations:
                 t0 = activation_threshold(hists[name], plan.algorithm, 8, plan.percentile)
-                results[name].act_scale = search_act_scale(lin, q, s, dt, torch.cat(rows[name]), t0)
+                results[name].act_scale = (
+                    search_act_scale(lin, q, s, dt, torch.cat(rows[name]), t0)
+                    if enough_rows(rows[name])
+                    else t0 / 127.0
+                )
             lin.weight.copy_(dequantize_weight(q, s, dt.group_size).to(lin.weight.dtype))
         for b in range(len(hidden)):
             hidden[b] = _layer_forward(layer, hidden[b], layer_kwargs[index][b])
@@ -529,9 +547,11 @@ def quantize_model(
         groups = norm_groups(feeds) + find_mlp_pairs(model, targets)
         absmax = {n: st.absmax for n, st in stats.items()}
         rows = {n: torch.cat(st.rows) for n, st in stats.items() if enough_rows(st.rows)}
-        stat = None
-        if plan.smooth_stat == "rms":
-            stat = {n: (st.sumsq / max(st.n, 1)).sqrt() for n, st in stats.items()}
+        up_fed = {lin for grp in groups if grp.kind == "up" for lin in grp.linears}
+        stat = {
+            n: channel_magnitude(st, plan.smooth_stat if n in up_fed else plan.smooth_stat_norm)
+            for n, st in stats.items()
+        }
 
         report.smoothed_groups = apply_smoothing(
             model, groups, absmax, plan.smooth_alpha, rows=rows, dtype=plan.dtype, act_stat=stat

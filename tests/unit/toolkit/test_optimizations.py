@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -200,3 +201,32 @@ def test_gptq_warns_when_calibration_is_too_small_for_its_hessians(
     tokens = llm.manifest["calibration"]["tokens"]
     warned = any("add calibration samples" in r.getMessage() for r in caplog.records)
     assert warned == (tokens < GPTQ_TOKENS_PER_INPUT * widest)
+
+
+def test_norm_fed_layers_balance_the_maximum_and_down_projections_the_rms(
+    tiny_model_dir: Callable[[str], Path], calib_json: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outlier channels after a norm are persistent (its weight makes them): their calibration
+    maximum is stable and is what the static range must cover; SwiGLU outputs are sparse, so
+    the down projections balance per-channel RMS instead."""
+    from rkllm_core.toolkit.quant import pipeline
+
+    seen: dict[str, dict[str, torch.Tensor]] = {}
+    real = pipeline.apply_smoothing
+
+    def spy(*args: Any, **kwargs: Any) -> int:
+        seen["absmax"], seen["stat"] = args[2], kwargs["act_stat"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "apply_smoothing", spy)
+    llm = RKLLM(strict=True)
+    llm.load_huggingface(str(tiny_model_dir("llama")))
+    llm.build(optimization_level=1, quantized_dtype="w8a8", dataset=str(calib_json))
+    absmax, stat = seen["absmax"], seen["stat"]
+    for name in absmax:
+        if name.endswith(("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")):
+            assert torch.equal(stat[name], absmax[name]), name
+        elif name.endswith("down_proj"):
+            assert float(stat[name].sum()) < 0.9 * float(absmax[name].sum()), name
+    kinds = {n.rsplit(".", 1)[-1] for n in absmax}
+    assert {"q_proj", "down_proj"} <= kinds
