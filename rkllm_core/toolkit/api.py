@@ -35,6 +35,7 @@ from ..errors import (
 from .dataset import DEFAULT_SAMPLES, dataset_digest, load_dataset
 from .quant.calibrators import ALGORITHMS
 from .quant.formats import (
+    ACT_MODES,
     GGUF_TYPE_TO_DTYPE,
     check_max_context,
     check_platform,
@@ -289,8 +290,9 @@ class RKLLM:
         """Quantize the loaded model for ``target_platform``; 0 or -1.
 
         Every argument is validated before any work starts. ``activation_mode`` (rkllm-py
-        only) picks how ``a8`` dtypes scale activations: ``static`` (calibrated, the default)
-        or ``dynamic`` (per call). The built model replaces any earlier build; the loaded float
+        only) picks how ``a8`` dtypes scale activations: ``static`` (calibrated, the default),
+        ``dynamic`` (per call) or ``per_token`` (a bound, see :mod:`.quant.qlinear`). The built
+        model replaces any earlier build; the loaded float
         model is kept, so several builds can follow one load.
         """
         import torch
@@ -313,9 +315,9 @@ class RKLLM:
         check_platform(dtype, platform, num_npu_core)
         check_max_context(max_context)
         algorithm, gptq = self._check_algorithm(quantized_algorithm, dtype, optimization_level)
-        if activation_mode not in ("static", "dynamic"):
+        if activation_mode not in ACT_MODES:
             raise BuildConfigError(
-                f"activation_mode must be 'static' or 'dynamic', not {activation_mode!r}"
+                f"activation_mode must be one of {', '.join(ACT_MODES)}, not {activation_mode!r}"
             )
         if (
             isinstance(hybrid_rate, bool)
@@ -482,7 +484,7 @@ class RKLLM:
             raise BuildConfigError(
                 f"extra_qparams: {p} has no calibrated activation scales (it was built with"
                 f" activation_mode={old.get('activation_mode')!r}): build it again with"
-                f" static activations, or pass activation_mode='dynamic'"
+                f" static activations, or pass a per-call activation_mode"
             )
         return old
 
@@ -501,8 +503,8 @@ class RKLLM:
                         f"extra_qparams: {path} layer {name} is {mod.out_features}x"
                         f"{mod.in_features}, the loaded model's is {want}"
                     )
-                if mod.act_mode == "static" and act_mode == "dynamic":
-                    mod.use_dynamic_activations()  # the integers do not depend on the mode
+                if mod.act_mode is not None and act_mode is not None and mod.act_mode != act_mode:
+                    mod.use_dynamic_activations(act_mode)  # the integers do not depend on it
         del model.rkllm_manifest
         return model.float().eval()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .quant.formats import ACT_MODES
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def register(subparsers: Any) -> None:
     conv.add_argument("--dataset", default=None, help='calibration JSON [{"input","target"}]')
     conv.add_argument("--hybrid-rate", type=float, default=0.0)
     conv.add_argument("--max-context", type=int, default=4096)
-    conv.add_argument("--activation-mode", default="static", choices=["static", "dynamic"])
+    conv.add_argument("--activation-mode", default="static", choices=list(ACT_MODES))
     conv.add_argument("--lora", default=None, help="LoRA directory to merge (HF models)")
     conv.add_argument(
         "--qparams",
@@ -65,7 +66,7 @@ def register(subparsers: Any) -> None:
         "--configs",
         nargs="+",
         default=DEFAULT_EVAL,
-        help="float or DTYPE[:ALGORITHM][:dynamic][:opt] (default: %(default)s)",
+        help="float or DTYPE[:ALGORITHM][:dynamic|:per_token][:opt] (default: %(default)s)",
     )
     ev.add_argument("--corpus", default="python-docs", help="python-docs or a text file")
     ev.add_argument("--windows", type=int, default=16, help="512-token windows scored")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .quant.formats import ACT_MODES
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,8 @@ def calibration_samples(tokenizer: Any, text: str, n: int, tokens: int) -> list[
 
 @dataclass
 class QuantConfig:
-    """One row of a perplexity table: ``float`` or ``DTYPE[:ALGORITHM][:dynamic][:opt]``."""
+    """One row of a perplexity table: ``float`` or
+    ``DTYPE[:ALGORITHM][:dynamic|:per_token][:opt]``."""
 
     label: str
     dtype: str | None  # None: the float model
@@ -155,8 +157,8 @@ class QuantConfig:
         for p in parts[1:]:
             if p == "opt":
                 cfg.optimization_level = 1
-            elif p in ("dynamic", "static"):
-                cfg.activation_mode = p
+            elif p.replace("-", "_") in ACT_MODES:
+                cfg.activation_mode = p.replace("-", "_")
             else:
                 cfg.algorithm = p
         return cfg
@@ -209,11 +211,11 @@ def perplexity_table(
                 model = llm._model
             else:
                 key = (cfg.dtype, cfg.algorithm, cfg.optimization_level)
-                if cfg.activation_mode == "dynamic" and key in static_builds:
+                if cfg.activation_mode != "static" and key in static_builds:
                     model = copy.deepcopy(static_builds[key])
                     for m in model.modules():
                         if isinstance(m, QuantLinear) and m.act_mode == "static":
-                            m.use_dynamic_activations()
+                            m.use_dynamic_activations(cfg.activation_mode)
                 else:
                     platform, cores = cfg.platform()
                     try:

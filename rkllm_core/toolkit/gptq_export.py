@@ -253,7 +253,11 @@ def write_gptq(
             "activation_bits": 8,
             "activation_mode": mode,
             "rule": "x_q = clamp(round(x / scale), -127, 127), one scale per tensor"
-            + ("" if mode == "static" else "; dynamic: scale = max|x| / 127 of each call"),
+            + {
+                "static": "",
+                "dynamic": "; dynamic: scale = max|x| / 127 of each call",
+                "per_token": "; per_token: scale = max|x_t| / 127 of each token",
+            }.get(str(mode), ""),
             "layers": {
                 name: float(mod.act_scale)
                 for name, mod in layers.items()

@@ -22,6 +22,10 @@ if TYPE_CHECKING:  # torch is only needed when quantizing, never on the board
 MAX_CONTEXT = 16384
 CONTEXT_MULTIPLE = 32
 
+#: How ``a8`` layers scale their activations (see :mod:`.qlinear`): a calibrated scale per
+#: tensor, one per call, or one per token.
+ACT_MODES = ("static", "dynamic", "per_token")
+
 
 @dataclass(frozen=True)
 class QuantDtype:

@@ -8,6 +8,9 @@ export gives bit-identical logits to the in-memory model it was exported from.
 - ``a8`` dtypes: ``q_x = clamp(round(x / s_x), -127, 127)`` with one scale per tensor;
   ``y = (q_x @ q^T) * s_x * s[o]`` in fp32, per block of N input channels for ``_gN`` dtypes.
   ``s_x`` is calibrated (``static``, the default) or ``max|x| / 127`` of each call (``dynamic``).
+  ``per_token`` (one scale per token, ``max|x_t| / 127``) is not known to be what Rockchip's
+  runtime does; it bounds what a runtime scaling each token on the fly (as any per-call scale
+  does while decoding one token at a time) would reach.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .formats import QuantDtype, dequantize_weight, parse_dtype
+from .formats import ACT_MODES, QuantDtype, dequantize_weight, parse_dtype
 
-ACT_MODES = ("static", "dynamic")
+__all__ = ["ACT_MODES", "QuantLinear"]
 _FP16_MAX = 65504.0
 
 
@@ -77,10 +80,13 @@ class QuantLinear(nn.Module):
             layer.act_scale = torch.as_tensor(act_scale, dtype=torch.float32).reshape(())
         return layer
 
-    def use_dynamic_activations(self) -> None:
-        """Scale activations per call from now on (the integer weights stay as they are)."""
+    def use_dynamic_activations(self, mode: str = "dynamic") -> None:
+        """Scale activations per call (or ``per_token``) from now on; the integer weights stay
+        as they are."""
+        if mode not in ACT_MODES[1:]:
+            raise ValueError(f"mode must be one of {ACT_MODES[1:]}, not {mode!r}")
         if self.act_mode is not None:
-            self.act_mode = "dynamic"
+            self.act_mode = mode
             self.act_scale = None
 
     @property
@@ -115,7 +121,8 @@ class QuantLinear(nn.Module):
             if self.act_mode == "static":
                 s_x = self.act_scale.float()
             else:
-                amax = x2.abs().amax()
+                per_token = self.act_mode == "per_token"
+                amax = x2.abs().amax(dim=1, keepdim=True) if per_token else x2.abs().amax()
                 s_x = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
             qx = torch.clamp(torch.round(x2 / s_x), -127, 127)
             s_w = self.scales.float()

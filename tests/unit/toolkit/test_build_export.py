@@ -30,6 +30,7 @@ CASES = [
     ("gemma2", "w4a16_g128", "rk3576", 1, "static"),
     ("gemma3", "w4a8_g32", "rk3562", 1, "static"),
     ("gemma3", "w8a8_g128", "rk3588", 0, "dynamic"),
+    ("llama", "w8a8_g128", "rk3588", 1, "per_token"),
     ("phi", "w8a8", "rk3588", 1, "static"),
     ("qwen3", "w4a16_g32", "rk3562", 1, "static"),
 ]

@@ -99,3 +99,4 @@ def test_quant_config_parsing() -> None:
     )  # fmt: skip
     assert QuantConfig.parse("float").dtype is None
     assert c.platform() == ("rk3588", 3)
+    assert QuantConfig.parse("w8a8:per-token:opt").activation_mode == "per_token"

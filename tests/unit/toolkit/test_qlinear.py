@@ -56,6 +56,30 @@ def test_a8_dynamic_scale_follows_the_input() -> None:
     assert torch.allclose(y2, 2 * y1, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", ["w8a8", "w8a8_g128"])
+def test_a8_per_token_scales_each_row_by_its_own_maximum(dtype: str) -> None:
+    _, ql, q, s = _layer(dtype, "per_token")
+    x = torch.randn(5, 256)
+    x[2] *= 50.0  # one loud token must not coarsen the others (it would per call)
+    s_x = x.abs().amax(dim=1, keepdim=True) / 127
+    qx = torch.clamp(torch.round(x / s_x), -127, 127)
+    g = parse_dtype(dtype).group_size or 256
+    parts = torch.einsum(
+        "tgn,ogn->tgo", qx.double().reshape(5, -1, g), q.double().reshape(64, -1, g)
+    )
+    expect = (parts * s.double().t().unsqueeze(0)).sum(1) * s_x.double() + ql.bias.double()
+    assert torch.allclose(ql(x).double(), expect, atol=1e-3)
+    # every row is exactly what it would be alone
+    for t in range(5):
+        assert torch.allclose(ql(x[t : t + 1]), ql(x)[t : t + 1], atol=1e-5)
+    per_call = QuantLinear.from_quantized(q, s, dtype, ql.bias, act_mode="dynamic")
+    quiet = [0, 1, 3, 4]
+    ref = torch.nn.functional.linear(x, ql.weight, ql.bias)[quiet]
+    err_token = (ql(x)[quiet] - ref).norm()
+    err_call = (per_call(x)[quiet] - ref).norm()
+    assert err_token < 0.2 * err_call
+
+
 def test_quantization_error_is_bounded_vs_float() -> None:
     lin, ql, _, _ = _layer("w8a8", "dynamic")
     x = torch.randn(16, 256)
