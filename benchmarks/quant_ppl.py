@@ -1,6 +1,6 @@
 """Perplexity of SmolLM2-135M-Instruct under every quantization the toolkit simulates.
 
-Run: ``python benchmarks/quant_ppl.py [--model smollm2|PATH] [--windows 8]``
+Run: ``python benchmarks/quant_ppl.py [--model smollm2|PATH] [--windows 16]``
 
 Corpus (fixed, see rkllm_core/toolkit/evaluate.py): the Python tutorial of Debian's
 python3-doc package (``apt-get install python3-doc``), markup stripped, tokenized once; the
@@ -77,7 +77,7 @@ def resolve_model(name: str) -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2", help="demo name, .gguf file or HF directory")
-    ap.add_argument("--windows", type=int, default=8, help="512-token windows scored")
+    ap.add_argument("--windows", type=int, default=16, help="512-token windows scored")
     ap.add_argument("--calib-samples", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--configs", nargs="*", default=CONFIGS)
