@@ -460,7 +460,12 @@ class RKLLM:
             )
         old = read_manifest(p)
         mine, theirs = self._source.get("sha256"), old.get("source", {}).get("sha256")
-        if not mine or mine != theirs:
+        if not mine:
+            raise BuildConfigError(
+                "extra_qparams: the loaded model has no weights checksum to match (loaded with"
+                " load_weight=False): load it with its weights"
+            )
+        if mine != theirs:
             raise BuildConfigError(
                 f"extra_qparams: {p} was built from another model (source sha256"
                 f" {str(theirs)[:12]}…, the loaded model's is {str(mine)[:12]}…): load the model"

@@ -138,3 +138,12 @@ def test_rockchip_qparams_file_is_refused_with_the_fix(
     with pytest.raises(BuildConfigError, match="does not exist"):
         llm.build(extra_qparams=str(tmp_path / "missing.rkllm-pc"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.qparams"]
+
+
+def test_model_loaded_without_weights_cannot_be_matched(
+    tiny_model_dir: Callable[[str], Path], first_export: Path
+) -> None:
+    llm = RKLLM(strict=True)
+    llm.load_huggingface(str(tiny_model_dir("llama")), load_weight=False)
+    with pytest.raises(BuildConfigError, match="load_weight=False"):
+        llm.build(quantized_dtype="w8a8", extra_qparams=str(first_export))
