@@ -375,19 +375,18 @@ class RKLLM:
 
         report = None
         if reused is not None:
+            # the export's model already is the built model
             model = self._load_qparams(Path(str(extra_qparams)), plan.act_mode)
         else:
             model = copy.deepcopy(self._model).float().eval()
-        with torch.no_grad():
-            if reused is not None:
-                pass  # the export's model is already the built model
-            elif do_quantization:
-                batches = self._calibration_batches(samples) if needs_data else []
-                _, report = quantize_model(model, plan, batches)
-            else:
-                from .quant.pipeline import round_float_params_to_fp16
+            with torch.no_grad():
+                if do_quantization:
+                    batches = self._calibration_batches(samples) if needs_data else []
+                    _, report = quantize_model(model, plan, batches)
+                else:
+                    from .quant.pipeline import round_float_params_to_fp16
 
-                round_float_params_to_fp16(model)
+                    round_float_params_to_fp16(model)
         self._built = model
         self._manifest = {
             "quantized_dtype": dtype.name if do_quantization else "float16",
