@@ -326,9 +326,10 @@ class RKLLM:
         ):
             raise BuildConfigError(f"hybrid_rate must be a number in [0, 1), not {hybrid_rate!r}")
         reused = None
-        if extra_qparams is not None:
+        qparams = Path(extra_qparams).expanduser().absolute() if extra_qparams else None
+        if qparams is not None:
             reused = self._check_qparams(
-                extra_qparams, do_quantization, dtype, activation_mode, hybrid_rate
+                qparams, do_quantization, dtype, activation_mode, hybrid_rate
             )
         samples = load_dataset(dataset)
         if reused is not None and samples:
@@ -374,9 +375,9 @@ class RKLLM:
             samples = list(DEFAULT_SAMPLES)
 
         report = None
-        if reused is not None:
+        if qparams is not None:
             # the export's model already is the built model
-            model = self._load_qparams(Path(str(extra_qparams)), plan.act_mode)
+            model = self._load_qparams(qparams, plan.act_mode)
         else:
             model = copy.deepcopy(self._model).float().eval()
             with torch.no_grad():
@@ -422,7 +423,7 @@ class RKLLM:
                 if key in reused:
                     self._manifest[key] = reused[key]
             self._manifest["quantized_layers"] = len(reused.get("layers", {}))
-            self._manifest["qparams_from"] = str(Path(str(extra_qparams)).expanduser().absolute())
+            self._manifest["qparams_from"] = str(qparams)
         log.info(
             "built %s for %s (%s, level %d)",
             self._manifest["quantized_dtype"],
@@ -434,17 +435,16 @@ class RKLLM:
 
     def _check_qparams(
         self,
-        path: str | os.PathLike[str],
+        p: Path,
         do_quantization: bool,
         dtype: Any,
         activation_mode: str,
         hybrid_rate: float,
     ) -> dict[str, Any]:
-        """The manifest of the export ``path`` whose quantization parameters ``build`` reuses,
+        """The manifest of the export ``p`` whose quantization parameters ``build`` reuses,
         after checking that it fits the loaded model and the requested build."""
         from .export import SUFFIX, is_export, read_manifest
 
-        p = Path(path).expanduser()
         if not do_quantization:
             raise BuildConfigError(
                 "extra_qparams reuses quantization parameters: it needs do_quantization=True"
@@ -497,7 +497,7 @@ class RKLLM:
         from .export import load_export
         from .quant.qlinear import QuantLinear
 
-        model, _ = load_export(path.expanduser())
+        model, _ = load_export(path)
         mine = {k: tuple(v.shape) for k, v in self._model.state_dict().items()}
         for name, mod in model.named_modules():
             if isinstance(mod, QuantLinear):
