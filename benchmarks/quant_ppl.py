@@ -69,7 +69,7 @@ def resolve_model(name: str) -> Path:
     p = Path(name).expanduser()
     if p.exists():
         return p
-    from rkllm_core.models import fetch_model
+    from rkllm_core.demo_models import fetch_model
 
     return fetch_model(name)
 

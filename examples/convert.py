@@ -31,7 +31,7 @@ def main() -> int:
 
     modelpath = Path(args.model)
     if not modelpath.exists():
-        from rkllm_core.models import fetch_model
+        from rkllm_core.demo_models import fetch_model
 
         modelpath = fetch_model(args.model)
 

@@ -7,8 +7,10 @@
 Nothing here imports torch: the PC engine is loaded only when a PC model is opened.
 """
 
+from .cache import cache_dir
 from .chat import ChatRenderer, normalize_messages
 from .config import EmbeddingConfig, ResolvedSampling, RuntimeConfig, SamplingParams
+from .demo_models import KNOWN_MODELS, fetch_model
 from .engine import (
     ChatTemplateParts,
     Engine,
@@ -32,7 +34,6 @@ from .errors import (
     ToolCallParseError,
 )
 from .model import RKLLMModel, shared_model
-from .models import KNOWN_MODELS, cache_dir, fetch_model
 from .results import GenerationResult, InvalidToolCall, StreamChunk, ToolCall, Usage
 from .streams import AsyncTokenStream, TokenStream
 from .tools import parse_tool_calls

@@ -94,18 +94,18 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     """Fetch a demo model into the cache."""
-    from .models import KNOWN_MODELS, fetch_model
+    from .demo_models import KNOWN_MODELS, fetch_model
 
     names = list(KNOWN_MODELS) if args.name == "all" else [args.name]
     for name in names:
-        path = fetch_model(name, force=args.force)
+        path = fetch_model(name, force=args.force, verify=args.verify)
         print(f"{name}: {path}")
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Describe a model without generating."""
-    from .inspect import describe_model
+    from .model_info import describe_model
 
     facts = describe_model(args.model)
     width = max(len(k) for k in facts)
@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     pull = sub.add_parser("pull", help="fetch a demo model (smollm2, qwen2.5-coder-0.5b, all)")
     pull.add_argument("name")
     pull.add_argument("--force", action="store_true", help="download again")
+    pull.add_argument("--verify", action="store_true",
+                      help="check the cached copy's sha256 (fetched again if it differs)")
     pull.set_defaults(func=cmd_pull)
 
     info = sub.add_parser("info", help="describe a model without loading it")

@@ -84,3 +84,7 @@ class ExportError(RKLLMError, RuntimeError):
 
 class UnsupportedFeatureError(RKLLMError, NotImplementedError):
     """The loaded runtime (its ABI family) or engine does not offer the requested feature."""
+
+
+class CacheDirError(RKLLMError, OSError):
+    """The cache directory (``$RKLLM_CACHE_DIR``) cannot be created or written."""

@@ -539,7 +539,7 @@ def chunked_indices(order: list[int], size: int) -> list[list[int]]:
 
 
 def _resolve_model(model: str | os.PathLike[str]) -> Path:
-    from .models import KNOWN_MODELS, fetch_model
+    from .demo_models import KNOWN_MODELS, fetch_model
 
     text = os.fspath(model)
     path = Path(text).expanduser()

@@ -17,7 +17,7 @@ from typing import Literal
 
 from ..config import RuntimeConfig
 from ..errors import ConfigError, ModelFormatError, RuntimeVersionError
-from .metadata import RKLLMMetadata, read_metadata
+from ..formats.rkllm import RKLLMMetadata, read_metadata
 
 log = logging.getLogger(__name__)
 

@@ -85,9 +85,9 @@ from ..errors import (
     RuntimeLibraryError,
     UnsupportedFeatureError,
 )
+from ..formats.rkllm import RKLLMMetadata
 from .checks import Check, board_platform, check_model_file, model_checks, system_checks
 from .library import RuntimeLibrary, find_library, identify, open_runtime
-from .metadata import RKLLMMetadata
 from .tokenizer import NPUTokenizer, from_huggingface, from_metadata
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ModelNotFoundError
-from .metadata import RKLLMMetadata
+from ..formats.rkllm import RKLLMMetadata
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,17 @@ import copy
 import json
 import logging
 import os
+import re
 import shutil
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DownloadError, ModelFormatError, ModelNotFoundError
+from ..cache import staging as staging_dir
+from ..errors import DownloadError, ModelFormatError, ModelNotFoundError, RKLLMError
+from ..formats.export import is_export, load_export
+from ..formats.gguf import check_gguf
 
 log = logging.getLogger(__name__)
 
@@ -27,31 +31,19 @@ class LoadedModel:
     quantization: str | None
 
 
-def gguf_file_type(path: Path) -> str | None:
-    """The file's quantization (e.g. ``Q4_K_M``): ``general.file_type``, else the tensor type
-    holding most weights."""
-    try:
-        import gguf
-    except ImportError:  # pragma: no cover - gguf is part of the [pc] extra
-        return None
-    reader = gguf.GGUFReader(str(path))
-    field = reader.fields.get("general.file_type")
-    if field is not None:
-        try:
-            name = gguf.LlamaFileType(int(field.contents())).name
-            return name.removeprefix("MOSTLY_").removeprefix("ALL_")
-        except ValueError:
-            pass
-    counts: dict[str, int] = {}
-    for tensor in reader.tensors:
-        kind = tensor.tensor_type.name
-        counts[kind] = counts.get(kind, 0) + int(tensor.n_elements)
-    return max(counts, key=counts.__getitem__) if counts else None
+_FILE_SUFFIXES = (".gguf", ".rkllm", ".safetensors", ".bin", ".json", ".pt", ".pth")
+_HUB_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 
 
 def _is_hub_id(text: str) -> bool:
+    """``org/name`` that cannot be a local path the user meant: a relative path that does not
+    exist (``models/foo.gguf``, ``./x``, ``a/b/c``) is reported as missing, not downloaded."""
     parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
+    if len(parts) != 2 or not all(_HUB_PART.fullmatch(part) for part in parts):
+        return False
+    if text.lower().endswith(_FILE_SUFFIXES) or Path(parts[0]).exists():
+        return False
+    return True
 
 
 def load_pretrained(model: str | os.PathLike[str], dtype: str = "float32") -> LoadedModel:
@@ -69,15 +61,16 @@ def load_pretrained(model: str | os.PathLike[str], dtype: str = "float32") -> Lo
             f" directory, a toolkit export, or a demo name such as 'smollm2'"
             f" (fetch it with `rkllm pull smollm2`)"
         )
-    toolkit_export = _toolkit_export()
-    if toolkit_export is not None and toolkit_export.is_export(path):
-        qmodel, tokenizer = toolkit_export.load_export(path)
+    if is_export(path):
+        qmodel, tokenizer = _guarded(path, "toolkit export", lambda: load_export(path))
         return LoadedModel(qmodel, tokenizer, "rkllm-export", _export_dtype(qmodel))
     if path.is_file() and path.suffix.lower() == ".gguf":
         return _load_gguf(path, dtype)
     if path.is_dir() and (path / "config.json").exists():
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        tokenizer = _guarded(path, "Hugging Face directory",
+                             lambda: AutoTokenizer.from_pretrained(path))
+        lm = _guarded(path, "Hugging Face directory",
+                      lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype))
         return LoadedModel(lm.eval(), tokenizer, "hf", None)
     if path.suffix.lower() == ".rkllm":
         raise ModelFormatError(
@@ -95,7 +88,7 @@ def _converted_dir(path: Path, dtype: str) -> Path | None:
     """Where the dequantized copy of a GGUF file is cached (None: caching disabled)."""
     if os.environ.get("RKLLM_GGUF_CACHE", "1") == "0":
         return None
-    from ..models import cache_dir
+    from ..demo_models import cache_dir
 
     stat = path.stat()
     return cache_dir() / "converted" / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}-{dtype}"
@@ -107,29 +100,65 @@ def _load_gguf(path: Path, dtype: str) -> LoadedModel:
     Parsing GGUF metadata and mapping tensor names in transformers takes ~20 s even for a
     135M model; loading the same weights saved as safetensors takes ~1 s. The copy is made
     once per file (keyed by size and mtime; disable with RKLLM_GGUF_CACHE=0) and written
-    atomically, so an interrupted conversion never leaves a half-written copy behind.
+    atomically, so an interrupted conversion never leaves a half-written copy behind; a copy
+    whose files do not match the sizes recorded with it is rebuilt.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # Our bounded reader first: a corrupt or truncated file gets a typed error naming the
+    # problem, and never reaches readers that trust its counts.
+    source = check_gguf(path)
     torch_dtype = getattr(torch, dtype)
     converted = _converted_dir(path, dtype)
     if converted is not None and (converted / _SOURCE_NOTE).exists():
         try:
-            note = json.loads((converted / _SOURCE_NOTE).read_text())
+            note = _complete_copy_note(converted)
             tokenizer = AutoTokenizer.from_pretrained(converted)
             lm = AutoModelForCausalLM.from_pretrained(converted, dtype=torch_dtype)
             return LoadedModel(lm.eval(), tokenizer, "gguf", note.get("quantization"))
-        except (OSError, ValueError) as exc:  # a damaged copy: rebuild it from the GGUF
+        except Exception as exc:  # a damaged copy (any reader's error): rebuild it
             log.warning("cached conversion %s is unusable (%s); converting again", converted, exc)
             shutil.rmtree(converted, ignore_errors=True)
     log.info("loading GGUF %s (dequantized to %s)", path, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    lm = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch_dtype)
-    quant = gguf_file_type(path)
+    tokenizer = _guarded(path, "GGUF", lambda: AutoTokenizer.from_pretrained(
+        path.parent, gguf_file=path.name))
+    lm = _guarded(path, "GGUF", lambda: AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch_dtype))
+    quant = source.file_type()
     if converted is not None:
         _save_converted(lm, tokenizer, converted, {"source": str(path), "quantization": quant})
     return LoadedModel(lm.eval(), tokenizer, "gguf", quant)
+
+
+def _guarded(path: Path, kind: str, load: Callable[[], Any]) -> Any:
+    """Run a third-party loader; its format errors become a ModelFormatError naming the file."""
+    try:
+        return load()
+    except (RKLLMError, MemoryError, KeyboardInterrupt):
+        raise
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise ModelNotFoundError(f"{path}: {exc}") from exc
+        raise ModelFormatError(f"{path} could not be loaded as a {kind}: {exc}") from exc
+    except Exception as exc:  # ValueError, struct.error, KeyError … from the parsers
+        raise ModelFormatError(
+            f"{path} could not be loaded as a {kind} ({type(exc).__name__}: {exc});"
+            f" the file is corrupt or of an unsupported architecture"
+        ) from exc
+
+
+def _complete_copy_note(converted: Path) -> dict[str, Any]:
+    """The note of a complete converted copy; raises if a file is missing or of another size."""
+    note = json.loads((converted / _SOURCE_NOTE).read_text())
+    sizes = note.get("sizes")
+    if not isinstance(sizes, dict):
+        raise ModelFormatError("the copy records no file sizes (written by an older version)")
+    for name, size in sizes.items():
+        actual = (converted / name).stat().st_size
+        if actual != size:
+            raise ModelFormatError(f"{name} has {actual} bytes, {size} were written")
+    return note
 
 
 _SOURCE_NOTE = "rkllm-source.json"  # written last: its presence marks a complete copy
@@ -137,9 +166,8 @@ _SOURCE_NOTE = "rkllm-source.json"  # written last: its presence marks a complet
 
 def _save_converted(lm: Any, tokenizer: Any, target: Path, note: dict[str, Any]) -> None:
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            staging = Path(tmp) / "model"
+        with staging_dir(target.parent) as tmp:
+            staging = tmp / "model"
             staging.mkdir()
             # save_pretrained refuses GGUF-loaded models (their config names the GGUF
             # quantizer) although the weights are already dequantized: save them directly
@@ -152,18 +180,12 @@ def _save_converted(lm: Any, tokenizer: Any, target: Path, note: dict[str, Any])
             lm.generation_config.save_pretrained(staging)
             save_model(lm, str(staging / "model.safetensors"), metadata={"format": "pt"})
             tokenizer.save_pretrained(staging)
-            (staging / _SOURCE_NOTE).write_text(json.dumps(note))
+            sizes = {p.name: p.stat().st_size for p in staging.iterdir() if p.is_file()}
+            (staging / _SOURCE_NOTE).write_text(json.dumps({**note, "sizes": sizes}))
             os.replace(staging, target)
     except OSError as exc:  # a read-only or full cache only costs speed next time
+        # (CacheDirError is an OSError too)
         log.warning("could not cache the converted GGUF at %s: %s", target, exc)
-
-
-def _toolkit_export() -> Any:
-    try:
-        from ..toolkit import export
-    except ImportError:  # the toolkit is optional for plain inference
-        return None
-    return export
 
 
 def _export_dtype(model: Any) -> str | None:

@@ -28,7 +28,6 @@ from ..errors import (
     ConfigError,
     EngineUnavailableError,
     ExportError,
-    ModelFormatError,
     ModelNotFoundError,
     RKLLMError,
 )
@@ -757,18 +756,6 @@ def _rockchip_toolkit_available() -> bool:
 
 def _gguf_tensor_type(path: Path) -> str | None:
     """The dominant tensor type of a GGUF file's 2-D weights (e.g. ``Q4_0``, ``F16``)."""
-    try:
-        import gguf
-    except ImportError as exc:  # pragma: no cover - gguf is part of the [pc] extra
-        raise EngineUnavailableError(
-            "loading GGUF needs the gguf package (pip install gguf)"
-        ) from exc
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as exc:
-        raise ModelFormatError(f"{path} is not a readable GGUF file: {exc}") from exc
-    counts: dict[str, int] = {}
-    for t in reader.tensors:
-        if len(t.shape) >= 2:
-            counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + int(t.n_elements)
-    return max(counts, key=counts.__getitem__) if counts else None
+    from ..formats.gguf import check_gguf
+
+    return check_gguf(path).dominant_tensor_type(min_dims=2)

@@ -80,7 +80,7 @@ def _resolve(model: str) -> Path:
     if p.exists():
         return p
     if "/" not in model and "." not in model:
-        from ..models import fetch_model
+        from ..demo_models import fetch_model
 
         return fetch_model(model)
     raise ConfigError(f"model {model!r} does not exist")

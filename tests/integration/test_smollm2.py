@@ -103,7 +103,7 @@ def test_hub_id_without_network_fails_clearly(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_fetch_verifies_checksums(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import rkllm_core.models as models
+    import rkllm_core.demo_models as models
 
     monkeypatch.setenv("RKLLM_CACHE_DIR", str(tmp_path))
     spec = models.DemoModel("tiny", "six.py", 0, "0" * 64, (("six==1.16.0", "six.py"),), "six")

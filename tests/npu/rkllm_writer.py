@@ -1,6 +1,6 @@
 """Test helper: write ``.rkllm`` metadata containers with the documented layout.
 
-Written independently of ``rkllm_core.npu.metadata`` (it takes only the public key constant),
+Written independently of ``rkllm_core.formats.rkllm`` (it takes only the public key constant),
 so the reader is tested against the documented format rather than against itself.
 """
 
@@ -48,13 +48,22 @@ def value(vtype: int, v: Any) -> bytes:
     return struct.pack(FMT[vtype], v)
 
 
+def tensor_directory(count: int) -> bytes:
+    """``count`` directory entries (masked name, dims, type F16, offset) for small tensors."""
+    out = b""
+    for i in range(count):
+        out += string(f"blk.{i}.weight") + struct.pack("<I", 2) + struct.pack("<QQ", 4, 2)
+        out += struct.pack("<IQ", 1, 16 * i)
+    return out
+
+
 def container(entries: Iterable[Entry], *, tensor_count: int = 0, trailer: str | None = None,
               magic: bytes | None = None, version: int = 3) -> bytes:
     entries = list(entries)
     head = (magic if magic is not None else masked(b"GGUF")) + struct.pack(
         "<IQQ", version, tensor_count, len(entries))
     body = b"".join(string(k) + struct.pack("<I", t) + value(t, v) for k, t, v in entries)
-    data = head + body
+    data = head + body + tensor_directory(tensor_count)
     data += b"\0" * (-len(data) % 32) + b"RLLM" + b"\0" * 60  # stand-in for the data section
     if trailer:
         data += f"rkllm-toolkit version: {trailer}".encode()
@@ -114,8 +123,9 @@ def model_entries(*, toolkit: str = "1.1.0", max_context: int = 8192, arch: str 
             ("tokenizer.ggml.eos_token_id", U32, len(tokens) - 1),
             ("tokenizer.ggml.bos_token_id", U32, len(tokens) - 2),
         ]
-    entries += list(extra)
-    return entries
+    extra = list(extra)
+    overridden = {key for key, _, _ in extra}  # a key appears once in a valid file
+    return [e for e in entries if e[0] not in overridden] + extra
 
 
 def write_model(path: Path, **kwargs: Any) -> Path:

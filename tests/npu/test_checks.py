@@ -9,8 +9,8 @@ import pytest
 
 from rkllm_core.config import RuntimeConfig
 from rkllm_core.errors import ConfigError, ModelFormatError, RuntimeVersionError
+from rkllm_core.formats.rkllm import read_metadata
 from rkllm_core.npu import checks
-from rkllm_core.npu.metadata import read_metadata
 
 from .rkllm_writer import STRING, write_model
 

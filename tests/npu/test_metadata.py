@@ -10,7 +10,7 @@ import pytest
 
 from rkllm_core.engine import ChatTemplateParts
 from rkllm_core.errors import ModelFormatError, ModelNotFoundError
-from rkllm_core.npu.metadata import RKLLM_MAGIC, mask, read_metadata
+from rkllm_core.formats.rkllm import RKLLM_MAGIC, mask, read_metadata
 from rkllm_core.npu.tokenizer import from_metadata
 
 from . import rkllm_writer as w

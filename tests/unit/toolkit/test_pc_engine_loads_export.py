@@ -36,7 +36,7 @@ def test_rkllm_model_logits_equal_get_logits(
         assert model.info.quantization == dtype
     finally:
         model.close()
-    from rkllm_core.inspect import describe_model
+    from rkllm_core.model_info import describe_model
 
     facts = describe_model(out)  # `rkllm info` reads the manifest without loading weights
     assert facts["quantized_dtype"] == dtype

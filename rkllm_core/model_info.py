@@ -10,41 +10,25 @@ from .errors import ModelFormatError, ModelNotFoundError
 
 
 def _gguf_facts(path: Path) -> dict[str, Any]:
-    try:
-        import gguf
-    except ImportError as exc:
-        raise ModelFormatError(
-            "reading GGUF metadata needs the gguf package: pip install 'rkllm-py[pc]'"
-        ) from exc
-    reader = gguf.GGUFReader(str(path))
+    from .formats.gguf import read_gguf
 
-    def value(key: str) -> Any:
-        field = reader.fields.get(key)
-        if field is None:
-            return None
-        try:
-            return field.contents()
-        except Exception:  # older gguf versions: decode by hand
-            return None
-
-    arch = value("general.architecture")
-    from .pc.loading import gguf_file_type
-
-    template = value("tokenizer.chat_template")
+    f = read_gguf(path)
+    f.check_complete()
+    tokens = f.strings("tokenizer.ggml.tokens")
     return {
         "format": "GGUF",
-        "name": value("general.name"),
-        "architecture": arch,
-        "context_length": value(f"{arch}.context_length"),
-        "hidden_size": value(f"{arch}.embedding_length"),
-        "layers": value(f"{arch}.block_count"),
-        "attention_heads": value(f"{arch}.attention.head_count"),
-        "kv_heads": value(f"{arch}.attention.head_count_kv"),
-        "vocab_size": len(value("tokenizer.ggml.tokens") or []) or None,
-        "tokenizer": value("tokenizer.ggml.model"),
-        "quantization": gguf_file_type(path),
-        "tensors": len(reader.tensors),
-        "chat_template": _summary(template),
+        "name": f.string("general.name"),
+        "architecture": f.architecture,
+        "context_length": f.arch_integer("context_length"),
+        "hidden_size": f.arch_integer("embedding_length"),
+        "layers": f.arch_integer("block_count"),
+        "attention_heads": f.arch_integer("attention.head_count"),
+        "kv_heads": f.arch_integer("attention.head_count_kv"),
+        "vocab_size": len(tokens) if tokens else None,
+        "tokenizer": f.string("tokenizer.ggml.model"),
+        "quantization": f.file_type(),
+        "tensors": len(f.tensors),
+        "chat_template": _summary(f.string("tokenizer.chat_template")),
     }
 
 
@@ -56,14 +40,25 @@ def _summary(template: str | None) -> str | None:
     return f"{kind} template ({len(template)} chars{tools})"
 
 
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelFormatError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
 def _hf_facts(path: Path) -> dict[str, Any]:
-    config = json.loads((path / "config.json").read_text())
+    config = _json_object(path / "config.json")
     tok_cfg_path = path / "tokenizer_config.json"
-    tok_cfg = json.loads(tok_cfg_path.read_text()) if tok_cfg_path.exists() else {}
+    tok_cfg = _json_object(tok_cfg_path) if tok_cfg_path.exists() else {}
     template = tok_cfg.get("chat_template")
     if template is None and (path / "chat_template.jinja").exists():
-        template = (path / "chat_template.jinja").read_text()
-    quant = config.get("quantization_config", {}).get("quant_method")
+        template = (path / "chat_template.jinja").read_text(errors="replace")
+    qcfg = config.get("quantization_config")
+    quant = qcfg.get("quant_method") if isinstance(qcfg, dict) else None
     return {
         "format": "Hugging Face directory",
         "architecture": config.get("model_type"),
@@ -80,7 +75,7 @@ def _hf_facts(path: Path) -> dict[str, Any]:
 
 
 def _rkllm_facts(path: Path) -> dict[str, Any]:
-    from .npu.metadata import read_metadata
+    from .formats.rkllm import read_metadata
 
     meta = read_metadata(path)
     return {
@@ -100,7 +95,7 @@ def _rkllm_facts(path: Path) -> dict[str, Any]:
 
 
 def _export_facts(path: Path) -> dict[str, Any]:
-    from .toolkit.export import read_manifest
+    from .formats.export import read_manifest
 
     manifest = read_manifest(path)
     hf = _hf_facts(path) if (path / "config.json").exists() else {}
@@ -117,14 +112,14 @@ def describe_model(model: str | Path) -> dict[str, Any]:
     """Facts about a model (architecture, context, hidden size, tokenizer, quantization…)."""
     path = Path(model).expanduser()
     if not path.exists():
-        from .models import KNOWN_MODELS, fetch_model
+        from .demo_models import KNOWN_MODELS, fetch_model
 
         if str(model).lower() in KNOWN_MODELS:
             path = fetch_model(str(model).lower())
         else:
             raise ModelNotFoundError(f"{model} does not exist")
     facts: dict[str, Any]
-    from .toolkit.export import is_export  # reads only a manifest; no torch import
+    from .formats.export import is_export  # reads only a manifest; no torch import
 
     if path.is_file() and path.suffix.lower() == ".rkllm":
         facts = _rkllm_facts(path)
