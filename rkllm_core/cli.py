@@ -16,6 +16,7 @@ from .errors import RKLLMError
 COMMAND_MODULES = [
     "rkllm_core.npu.doctor",
     "rkllm_core.toolkit.cli",
+    "rkllm_core.serve.cli",
 ]
 
 PRESET_QUESTIONS = [

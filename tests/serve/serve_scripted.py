@@ -1,0 +1,219 @@
+"""A scripted engine for the server tests: deterministic answers at a fixed speed.
+
+It stands in for a model where the model's own speed would dominate (queueing, aborts,
+shutdown, routing), and goes through the real :class:`rkllm_core.RKLLMModel` (its worker queue,
+streams, stop strings and tool-call parsing); only the engine below it is replaced.
+
+Answers, from the last user turn of the prompt:
+- ``count to N`` → ``1 2 … N`` (one token per number);
+- a question about the weather with tools offered → a ``<tool_call>`` for ``get_weather``;
+- anything else → ``You said: <the text>`` (one token per word).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+from rkllm_core import RKLLMModel, RuntimeConfig
+from rkllm_core.engine import (
+    EngineInfo,
+    ErrorEvent,
+    FinishEvent,
+    HiddenStateEvent,
+    InferMode,
+    PerfStats,
+    PromptInput,
+    Request,
+    Sink,
+    TokenBatchInput,
+    TokenEvent,
+    TokenInput,
+)
+from rkllm_core.errors import ContextLengthError
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+WEATHER_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+_USER_TURN = re.compile(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", re.DOTALL)
+
+
+class CharTokenizer:
+    """One token per character (ids are code points)."""
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return "".join(chr(i) for i in ids)
+
+
+def user_text(prompt: str) -> str:
+    """The last user turn of a rendered prompt (the whole text for a raw prompt)."""
+    turns = _USER_TURN.findall(prompt)
+    return turns[-1].strip() if turns else prompt.strip()
+
+
+def answer_tokens(prompt: str) -> list[str]:
+    """The scripted answer to ``prompt``, as tokens."""
+    text = user_text(prompt)
+    count = re.search(r"count to (\d+)", text)
+    if count:
+        n = int(count.group(1))
+        return ["1", *[f" {i}" for i in range(2, n + 1)]]
+    if "<tools>" in prompt and "weather" in text.lower():
+        # split inside the tag and the JSON, as a real tokenizer would
+        return [WEATHER_CALL[i : i + 5] for i in range(0, len(WEATHER_CALL), 5)]
+    words = f"You said: {text}".split(" ")
+    return [words[0], *[f" {w}" for w in words[1:]]]
+
+
+class ScriptedEngine:
+    """An :class:`rkllm_core.Engine` with scripted answers and ``token_delay`` s per token."""
+
+    def __init__(self, token_delay: float = 0.0, hidden_size: int = 16,
+                 context_length: int = 2048, name: str = "scripted",
+                 log_path: Path | None = None) -> None:
+        self.info = EngineInfo(
+            backend="pc", model_path=name, model_name=name, architecture="llama",
+            context_length=context_length, hidden_size=hidden_size, vocab_size=0x110000,
+            chat_template=CHAT_TEMPLATE, eos_token="<|im_end|>",
+        )
+        self.tokenizer = CharTokenizer()
+        self.token_delay = token_delay
+        self.context_length = context_length
+        self.log_path = log_path
+        self.tokens_sent = 0
+        self.aborted_runs = 0
+        self.finished_runs: list[str] = []
+        self.closed = False
+        self._abort = threading.Event()
+        self._running = threading.Event()
+        rng = np.random.default_rng(0)
+        self._table = rng.standard_normal((4096, hidden_size)).astype(np.float32)
+
+    # --- Engine protocol -------------------------------------------------------------
+
+    def run(self, request: Request, sink: Sink) -> None:
+        self._abort.clear()
+        self._running.set()
+        try:
+            if request.mode == InferMode.GENERATE:
+                self._generate(request, sink)
+            else:
+                self._hidden(request, sink)
+        except Exception as exc:
+            sink.emit(ErrorEvent(exc))
+        finally:
+            self._running.clear()
+
+    def _generate(self, request: Request, sink: Sink) -> None:
+        item = request.input
+        if isinstance(item, PromptInput):
+            prompt = item.text
+        elif isinstance(item, TokenInput):
+            prompt = self.tokenizer.decode(item.ids)
+        else:
+            raise TypeError(f"unsupported input {type(item).__name__}")
+        n_prompt = len(prompt)
+        if n_prompt >= self.context_length:
+            raise ContextLengthError(n_prompt, self.context_length)
+        start = time.perf_counter()
+        self._log(f"#start {user_text(prompt)}")
+        sent, reason = 0, "stop"
+        for token in answer_tokens(prompt):
+            if sent >= request.sampling.max_new_tokens:
+                reason = "length"
+                break
+            if self._abort.is_set():
+                reason = "abort"
+                break
+            if self.token_delay:
+                time.sleep(self.token_delay)
+            sent += 1
+            self.tokens_sent += 1
+            if not sink.emit(TokenEvent(token, zlib.crc32(token.encode()) % 50000)):
+                reason = "abort" if self._abort.is_set() else "stop"
+                break
+        if reason == "abort":
+            self.aborted_runs += 1
+        else:
+            self._record(user_text(prompt))
+        elapsed = (time.perf_counter() - start) * 1000
+        perf = PerfStats(prefill_tokens=n_prompt, decode_ms=elapsed, decode_tokens=sent)
+        sink.emit(FinishEvent(reason, perf, prompt_tokens=n_prompt, completion_tokens=sent))
+
+    def _record(self, text: str) -> None:
+        self.finished_runs.append(text)
+        self._log(text)
+
+    def _log(self, line: str) -> None:
+        if self.log_path is not None:
+            with open(self.log_path, "a", encoding="utf-8") as log:
+                log.write(line.replace("\n", " ") + "\n")
+
+    def _hidden(self, request: Request, sink: Sink) -> None:
+        item = request.input
+        if isinstance(item, TokenBatchInput):
+            sequences = item.sequences
+        elif isinstance(item, TokenInput):
+            sequences = (item.ids,)
+        elif isinstance(item, PromptInput):
+            sequences = (tuple(self.tokenizer.encode(item.text)),)
+        else:
+            raise TypeError(f"unsupported input {type(item).__name__}")
+        for ids in sequences:
+            rows = self._table[np.asarray(ids, dtype=np.int64) % len(self._table)]
+            # each position sees the text so far, as a causal model's hidden state does
+            hidden = np.cumsum(rows, axis=0) / np.arange(1, len(ids) + 1)[:, None]
+            sink.emit(HiddenStateEvent(hidden.astype(np.float32)))
+        sink.emit(FinishEvent("stop"))
+
+    def abort(self) -> None:
+        self._abort.set()
+
+    def is_running(self) -> bool:
+        return self._running.is_set()
+
+    def clear_kv_cache(self, keep_system_prompt: bool = False, start_pos: object = None,
+                       end_pos: object = None) -> None:
+        pass
+
+    def kv_cache_size(self) -> list[int]:
+        return [0]
+
+    def set_chat_template(self, system: str, prefix: str, postfix: str) -> None:
+        raise NotImplementedError
+
+    def set_function_tools(self, system: str, tools_json: str, tool_response_str: str) -> None:
+        raise NotImplementedError
+
+    def load_lora(self, path: str, name: str, scale: float = 1.0) -> None:
+        raise NotImplementedError
+
+    def load_prompt_cache(self, path: str) -> None:
+        raise NotImplementedError
+
+    def release_prompt_cache(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._log("#closed")
+
+
+def scripted_model(engine: ScriptedEngine, config: RuntimeConfig | None = None) -> RKLLMModel:
+    """A real RKLLMModel whose engine is ``engine``."""
+    with mock.patch("rkllm_core.model._make_engine", return_value=engine):
+        return RKLLMModel(engine.info.model_name, config or RuntimeConfig(), backend="pc")
