@@ -7,16 +7,83 @@ defaults follow Rockchip's own demo (greedy ``top_k=1`` with a mild repeat penal
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
 
 Pooling = Literal["last", "mean", "first"]
 EmbeddingStrategy = Literal["plain", "prompteol", "echo"]
+# Numbers are taken as numbers only: True, "2048" or 2048.0 for an int, and inf / nan for a
+# float are refused (the runtime would read them as 1, fail, or sample garbage).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict(), AllowInfNan(False)]
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be 0, 1 or 2, not a bool")
+    return value
+
+
+Mirostat = Annotated[Literal[0, 1, 2], BeforeValidator(_not_bool)]
+SEED_RANGE = (-(2**63), 2**63 - 1)  # a 64-bit signed integer, what every sampler accepts
+
+
+class ConfigValidationError(ValidationError, ConfigError):  # type: ignore[misc]
+    """A configuration value was refused: pydantic's error and the project's ConfigError in one,
+    so both ``except ValidationError`` and ``except RKLLMError`` catch it. The message names
+    each field, the value given and what is accepted."""
+
+    def __str__(self) -> str:
+        lines = []
+        for err in self.errors(include_url=False):
+            msg = err["msg"].removeprefix("Value error, ")
+            field = ".".join(str(p) for p in err["loc"])
+            if not field:  # a check across fields: its message names them
+                lines.append(f"{self.title}: {msg}")
+                continue
+            shown = repr(err.get("input"))
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            lines.append(f"{self.title}.{field}={shown} is refused: {msg}")
+        return "; ".join(lines)
+
+
+def _wrap(exc: ValidationError) -> ConfigError:
+    try:
+        return ConfigValidationError.from_exception_data(exc.title, exc.errors())
+    except Exception:  # an error pydantic cannot rebuild: keep its text
+        return ConfigError(str(exc))
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ConfigValidationError:
+            raise
+        except ValidationError as exc:
+            raise _wrap(exc) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ConfigValidationError:
+            raise
+        except ValidationError as exc:
+            raise _wrap(exc) from None
 
 
 class RuntimeConfig(_Strict):
@@ -28,18 +95,18 @@ class RuntimeConfig(_Strict):
     honours all of them.
     """
 
-    max_context_len: int = Field(4096, gt=0, le=131072, description="context window in tokens")
-    max_new_tokens: int = Field(256, gt=0, description="cap on generated tokens per run")
-    top_k: int = Field(1, ge=0, description="1 = greedy; 0 = no top-k filter")
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    temperature: float = Field(0.8, ge=0.0)
-    repeat_penalty: float = Field(1.1, gt=0.0)
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    mirostat: Literal[0, 1, 2] = 0
-    mirostat_tau: float = Field(5.0, gt=0.0)
-    mirostat_eta: float = Field(0.1, gt=0.0)
-    n_keep: int = Field(0, ge=0, description="tokens kept at the start when the window shifts")
+    max_context_len: Int = Field(4096, gt=0, le=131072, description="context window in tokens")
+    max_new_tokens: Int = Field(256, gt=0, description="cap on generated tokens per run")
+    top_k: Int = Field(1, ge=0, description="1 = greedy; 0 = no top-k filter")
+    top_p: Float = Field(0.95, gt=0.0, le=1.0)
+    temperature: Float = Field(0.8, ge=0.0)
+    repeat_penalty: Float = Field(1.1, gt=0.0)
+    frequency_penalty: Float = 0.0
+    presence_penalty: Float = 0.0
+    mirostat: Mirostat = 0
+    mirostat_tau: Float = Field(5.0, gt=0.0)
+    mirostat_eta: Float = Field(0.1, gt=0.0)
+    n_keep: Int = Field(0, ge=0, description="tokens kept at the start when the window shifts")
     skip_special_token: bool = True
     ignore_eos_token: bool = False
     is_async: bool = False
@@ -47,12 +114,12 @@ class RuntimeConfig(_Strict):
     img_end: str = ""
     img_content: str = ""
     # RKLLMExtendParam
-    base_domain_id: int = Field(0, ge=0)
+    base_domain_id: Int = Field(0, ge=0, le=2**31 - 1)
     embed_flash: bool = False
-    enabled_cpus: tuple[int, ...] = Field(
+    enabled_cpus: tuple[Int, ...] = Field(
         (), description="CPU core indices the runtime may use (empty = runtime default)"
     )
-    n_batch: int = Field(1, ge=1, le=255)
+    n_batch: Int = Field(1, ge=1, le=255)
     use_cross_attn: bool = False
 
     @field_validator("enabled_cpus")
@@ -91,18 +158,18 @@ class RuntimeConfig(_Strict):
 class SamplingParams(_Strict):
     """Per-call overrides; ``None`` means "use the RuntimeConfig value"."""
 
-    top_k: int | None = Field(None, ge=0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    temperature: float | None = Field(None, ge=0.0)
-    repeat_penalty: float | None = Field(None, gt=0.0)
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    mirostat: Literal[0, 1, 2] | None = None
-    mirostat_tau: float | None = Field(None, gt=0.0)
-    mirostat_eta: float | None = Field(None, gt=0.0)
-    max_new_tokens: int | None = Field(None, gt=0)
+    top_k: Int | None = Field(None, ge=0)
+    top_p: Float | None = Field(None, gt=0.0, le=1.0)
+    temperature: Float | None = Field(None, ge=0.0)
+    repeat_penalty: Float | None = Field(None, gt=0.0)
+    frequency_penalty: Float | None = None
+    presence_penalty: Float | None = None
+    mirostat: Mirostat | None = None
+    mirostat_tau: Float | None = Field(None, gt=0.0)
+    mirostat_eta: Float | None = Field(None, gt=0.0)
+    max_new_tokens: Int | None = Field(None, gt=0)
     stop: tuple[str, ...] = ()
-    seed: int | None = None
+    seed: Int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -164,8 +231,8 @@ class EmbeddingConfig(_Strict):
     query_instruction: str = ""
     prompteol_template: str = 'This sentence : "{text}" means in one word:"'
     echo_template: str = "Rewrite the sentence: {text}\nRewritten sentence: {text}"
-    max_tokens: int | None = Field(None, gt=0, description="truncate texts to this many tokens")
-    batch_size: int = Field(8, ge=1)
+    max_tokens: Int | None = Field(None, gt=0, description="truncate texts to this many tokens")
+    batch_size: Int = Field(8, ge=1)
 
     @field_validator("prompteol_template")
     @classmethod

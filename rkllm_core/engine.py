@@ -15,6 +15,23 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 
 from .config import ResolvedSampling
+from .errors import ConfigError
+
+
+def require_text(text: str, what: str = "the prompt") -> str:
+    """``text`` if every character can be encoded as UTF-8; a lone surrogate (from bytes
+    decoded with ``surrogateescape``, or a broken UTF-16 pair) is a :class:`ConfigError`
+    naming its position, where tokenizers and the runtime would fail obscurely."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise ConfigError(
+            f"{what} contains a lone surrogate U+{ord(bad):04X} at index {exc.start}, which is"
+            f" not a character and cannot be encoded as UTF-8; decode the source with"
+            f" errors='replace' or remove it"
+        ) from None
+    return text
 
 FinishReason = Literal["stop", "length", "abort", "error"]
 
@@ -35,6 +52,9 @@ class PromptInput:
     """Text passed to the model as is: any chat template has already been applied."""
 
     text: str
+
+    def __post_init__(self) -> None:
+        require_text(self.text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +91,9 @@ class MultimodalInput:
     n_image: int = 1
     image_width: int = 0
     image_height: int = 0
+
+    def __post_init__(self) -> None:
+        require_text(self.prompt)
 
 
 RequestInput = PromptInput | TokenInput | TokenBatchInput | EmbedInput | MultimodalInput

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import threading
@@ -36,6 +37,7 @@ from .engine import (
     RequestInput,
     TokenBatchInput,
     TokenInput,
+    require_text,
 )
 from .errors import ConfigError, EngineUnavailableError, GenerationError, ModelClosedError
 from .queueing import Job, Worker, async_channel, thread_channel
@@ -160,6 +162,7 @@ class RKLLMModel:
             raise ConfigError(
                 "this model has no tokenizer available; pass tokenizer=<HF tokenizer dir>"
             )
+        require_text(text, "the text")
         return list(tok.encode(text, add_special_tokens=add_special_tokens))
 
     def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
@@ -458,6 +461,7 @@ class RKLLMModel:
         for index, text in enumerate(items):
             if not isinstance(text, str):
                 raise ConfigError(f"text {index} is {type(text).__name__}, not str")
+            require_text(text, f"text {index}")
         hidden = self.info.hidden_size or 0
         if not items:
             return np.zeros((0, hidden), dtype=np.float32)
@@ -566,6 +570,7 @@ def _make_engine(backend: str, path: Path, config: RuntimeConfig, options: dict)
     if backend == "npu":
         from .npu.engine import NPUEngine
 
+        _check_options(NPUEngine, "npu", options)
         return NPUEngine(str(path), config, **options)
     try:
         from .pc.engine import PCEngine
@@ -574,7 +579,20 @@ def _make_engine(backend: str, path: Path, config: RuntimeConfig, options: dict)
             f"the PC engine needs torch and transformers ({exc.name} is missing):"
             f" pip install 'rkllm-py[pc]'"
         ) from exc
+    _check_options(PCEngine, "pc", options)
     return PCEngine(path, config, **options)
+
+
+def _check_options(engine: type, backend: str, options: dict) -> None:
+    """Unknown engine options are a ConfigError listing the valid ones, not a TypeError."""
+    params = inspect.signature(engine.__init__).parameters.values()
+    valid = sorted(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {unknown} for the {backend} engine; valid: {valid}"
+            f" (sampling and runtime settings go in RuntimeConfig / SamplingParams)"
+        )
 
 
 def _shutdown(worker: Worker, engine: Engine) -> None:

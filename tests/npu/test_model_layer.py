@@ -75,3 +75,27 @@ def test_function_tools_reach_the_runtime(model_file: Path) -> None:
         assert rec["function_tools.system"] == "You can call tools."
         assert rec["function_tools.tools"] == '[{"type": "function"}]'
         assert rec["function_tools.response"] == "<resp>"
+
+
+def test_bad_input_gets_typed_errors(model_file: Path, tmp_path: Path) -> None:
+    from rkllm_core.errors import ConfigError, ModelNotFoundError
+
+    rt = fake_runtime("1.2.1")
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['bogus'\] for the npu engine"):
+        RKLLMModel(str(model_file), library=str(rt.path), bogus=1)
+    with RKLLMModel(str(model_file), RuntimeConfig(max_context_len=2048),
+                    library=str(rt.path)) as model:
+        for call in (lambda: model.generate("abc\ud800def"),
+                     lambda: model.generate([{"role": "user", "content": "x\udcff"}]),
+                     lambda: model.embed(["fine", "bad \udc80"]),
+                     lambda: model.tokenize("\ud83d")):
+            with pytest.raises(ConfigError, match=r"lone surrogate U\+D[0-9A-F]{3} at index \d+"):
+                call()
+        with pytest.raises(ConfigError, match=r"SamplingParams\.seed"):
+            model.generate("hi", seed=2**70)
+        with pytest.raises(ConfigError, match=r"SamplingParams\.temperature=inf"):
+            model.generate("hi", temperature=float("inf"))
+        rt.script("N:6f6b:1;F")
+        assert model.generate("still works").text == "ok"
+    with pytest.raises(ModelNotFoundError):
+        RKLLMModel(str(tmp_path / "no" / "such.rkllm"), library=str(rt.path))

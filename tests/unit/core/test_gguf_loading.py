@@ -131,3 +131,60 @@ def test_gguf_types_load_with_the_right_values(
         cos = float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
         assert cos >= min_cosine
         assert gg.tokenize(text) == ref.tokenize(text)
+
+
+_KILLED_CONVERSION = """
+import sys, time
+import safetensors.torch
+def stalled_save(model, filename, metadata=None):
+    open(filename, "wb").write(b"half a file")
+    print("saving", flush=True)
+    time.sleep(600)
+safetensors.torch.save_model = stalled_save
+from rkllm_core.pc.loading import load_pretrained
+load_pretrained(sys.argv[1])
+"""
+
+
+def test_kill_9_during_conversion_then_clean_rerun_and_corrupt_cache_rebuilt(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from rkllm_core.cache import STAGING_PREFIX
+    from rkllm_core.pc.loading import load_pretrained
+
+    path = tmp_path / "tiny-F32.gguf"
+    write_llama_gguf(tiny_model_dir, path, "F32")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RKLLM_CACHE_DIR", str(cache))
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_CONVERSION, str(path)], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "saving"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    converted = cache / "converted"
+    assert list(converted.glob(STAGING_PREFIX + "*"))  # what kill -9 leaves behind
+    assert not [p for p in converted.iterdir() if not p.name.startswith(".")]
+
+    loaded = load_pretrained(path)  # converts again, and removes the dead process's folder
+    assert loaded.source_format == "gguf"
+    assert not list(cache.rglob(STAGING_PREFIX + "*"))
+    (copy,) = [p for p in converted.iterdir()]
+    weights = copy / "model.safetensors"
+    size = weights.stat().st_size
+    with weights.open("r+b") as f:  # a truncated copy (disk full, crash of another tool)
+        f.truncate(size // 2)
+    again = load_pretrained(path)
+    assert weights.stat().st_size == size  # rebuilt
+    import torch
+
+    a = loaded.model.model.layers[0].mlp.up_proj.weight
+    b = again.model.model.layers[0].mlp.up_proj.weight
+    assert torch.equal(a, b)
