@@ -4,18 +4,25 @@ The runtime changed its struct layouts between releases without changing functio
 binding that declares the wrong layout silently passes garbage. Each family therefore gets its
 own complete declaration set and its own :class:`cffi.FFI` instance, built from the pieces below
 (written from ``shared/reference/rkllm-runtime-abi.md``, cross-checked against Rockchip's public
-``rkllm.h`` of 1.1.4, 1.2.0, 1.2.1 and 1.3.0). Layouts follow the LP64 rules of aarch64, which
-x86-64 shares, so the test fixture can verify them with the system compiler.
+``rkllm.h`` of 1.1.4, 1.2.0, 1.2.1 and 1.3.0). Release 1.2.1b1 is family 1.2.0 with one
+different struct, so declarations are keyed by *layout* (:data:`LAYOUTS`). Layouts follow the
+LP64 rules of aarch64, which x86-64 shares, so the test fixture can verify them with the system
+compiler.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import re
 from dataclasses import dataclass
 
 import cffi
 
 FAMILIES: tuple[str, ...] = ("1.1", "1.2.0", "1.2.1", "1.3")
+# A layout is a family, or a release whose structs differ from its family's: 1.2.1b1 has
+# 1.2.0's structs except the multimodal input, which already has 1.2.1's fields.
+LAYOUTS: tuple[str, ...] = (*FAMILIES, "1.2.1b1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +115,17 @@ SPECS: dict[str, FamilySpec] = {
     ),
 }
 
+LAYOUT_SPECS: dict[str, FamilySpec] = {
+    **SPECS,
+    "1.2.1b1": dataclasses.replace(SPECS["1.2.0"], releases="1.2.1b1", multimodal="sized"),
+}
+
+
+def spec_of_layout(layout: str) -> FamilySpec:
+    """The feature table of a layout (a family name, or ``1.2.1b1``)."""
+    return LAYOUT_SPECS[layout]
+
+
 # --- declaration pieces ------------------------------------------------------------------
 
 _HANDLE = "typedef void* LLMHandle;\n"
@@ -149,6 +167,9 @@ _SAMPLING_FIELDS = """
     float top_p; float temperature; float repeat_penalty; float frequency_penalty;
     float presence_penalty; int32_t mirostat; float mirostat_tau; float mirostat_eta;
 """
+# The runtime's sampling fields, in declaration order: RKLLMParam's (top_k ends its head) and
+# RKLLMSamplingParam's are the same list, which the engine copies by these names.
+SAMPLING_FIELD_NAMES: tuple[str, ...] = ("top_k", *re.findall(r"(\w+);", _SAMPLING_FIELDS))
 _PARAM_HEAD = """
     const char* model_path; int32_t max_context_len; int32_t max_new_tokens; int32_t top_k;
 """
@@ -307,7 +328,9 @@ int rkllm_set_cross_attn_params(LLMHandle handle, RKLLMCrossAttnParam* cross_att
 
 
 def cdef_source(family: str) -> str:
-    """The complete cdef text of ``family`` (one of :data:`FAMILIES`)."""
+    """The complete cdef text of a layout (one of :data:`LAYOUTS`)."""
+    if family == "1.2.1b1":
+        return cdef_source("1.2.0").replace(_MM_BASIC, _MM_SIZED)
     if family == "1.1":
         parts = [
             _HANDLE, _CALL_STATE_11, _INPUT_TYPE, _INFER_MODE_11, _EXTEND_11, _PARAM_11,
@@ -335,7 +358,7 @@ def cdef_source(family: str) -> str:
             _FUNCS_COMMON, _INIT_STRUCT, _FUNCS_121,
         ]
     else:
-        raise ValueError(f"unknown RKLLM ABI family {family!r}; known: {', '.join(FAMILIES)}")
+        raise ValueError(f"unknown RKLLM ABI layout {family!r}; known: {', '.join(LAYOUTS)}")
     return "".join(parts)
 
 
@@ -344,19 +367,25 @@ def cdef_source(family: str) -> str:
 EXPECTED_SIZES: dict[str, dict[str, int]] = {
     # 1.1's extend block is 116 bytes (int32 + 112 reserved, as in Rockchip's 1.1.4 header),
     # not 120 as for later families; RKLLMParam still rounds up to 200.
-    "1.1": {"RKLLMExtendParam": 116, "RKLLMParam": 200, "RKLLMInferParam": 24},
-    "1.2.0": {"RKLLMExtendParam": 120, "RKLLMParam": 208, "RKLLMInferParam": 32},
-    "1.2.1": {"RKLLMExtendParam": 120, "RKLLMParam": 208, "RKLLMInferParam": 32},
+    "1.1": {"RKLLMExtendParam": 116, "RKLLMParam": 200, "RKLLMInferParam": 24,
+            "RKLLMMultiModelInput": 24},
+    "1.2.0": {"RKLLMExtendParam": 120, "RKLLMParam": 208, "RKLLMInferParam": 32,
+              "RKLLMMultiModelInput": 24},
+    "1.2.1b1": {"RKLLMExtendParam": 120, "RKLLMParam": 208, "RKLLMInferParam": 32,
+                "RKLLMMultiModelInput": 48},
+    "1.2.1": {"RKLLMExtendParam": 120, "RKLLMParam": 208, "RKLLMInferParam": 32,
+              "RKLLMMultiModelInput": 48},
     "1.3": {
         "RKLLMExtendParam": 120, "RKLLMParam": 184, "RKLLMInferParam": 40,
         "RKLLMSamplingParam": 36, "RKLLMCallback": 48,
+        "RKLLMMultiModelInput": 8 + 64 + 72 + 128,  # + the zeroed audio tail
     },
 }
 
 
 @functools.cache
 def ffi_for(family: str) -> cffi.FFI:
-    """A cffi FFI holding ``family``'s declarations (cached: one per family per process)."""
+    """A cffi FFI holding a layout's declarations (cached: one per layout per process)."""
     ffi = cffi.FFI()
     ffi.cdef(cdef_source(family))
     if ffi.sizeof("void*") == 8:

@@ -1,10 +1,10 @@
 """NPUEngine: Rockchip's ``librkllmrt.so`` behind the :class:`rkllm_core.engine.Engine` seam.
 
-One instance owns one runtime handle. ``run`` fills the ABI structs of the detected family,
-calls ``rkllm_run`` (or ``rkllm_run_async`` and waits for FINISH when ``is_async``) and turns
-the runtime's callbacks into events. The callback never raises into C: exceptions are kept and
-reported after the run, WAITING states are joined so text never breaks inside a UTF-8
-character, and hidden states / logits are copied before the callback returns.
+One instance owns one runtime handle. ``run`` has the ABI structs of the detected layout filled
+(:mod:`.structs`), calls ``rkllm_run`` (or ``rkllm_run_async``, waits for FINISH and for the
+runtime's task to end when ``is_async``) and turns the runtime's callbacks into events
+(:mod:`.callback`); the handle's lifetime is :mod:`.handle`'s. This module holds the policy:
+what each family can do, what is refused, warned about or emulated.
 
 Behaviour that differs by runtime family (what the runtime cannot do is never faked silently):
 
@@ -41,12 +41,10 @@ Behaviour that differs by runtime family (what the runtime cannot do is never fa
 
 from __future__ import annotations
 
-import codecs
 import itertools
 import json
 import logging
 import os
-import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -63,10 +61,7 @@ from ..engine import (
     ErrorEvent,
     FinishEvent,
     FinishReason,
-    HiddenStateEvent,
     InferMode,
-    LogitsEvent,
-    MultimodalInput,
     PerfStats,
     PromptInput,
     Request,
@@ -86,240 +81,19 @@ from ..errors import (
     UnsupportedFeatureError,
 )
 from ..formats.rkllm import RKLLMMetadata
+from .abi import SAMPLING_FIELD_NAMES
+from .callback import Dispatcher, Run
 from .checks import Check, board_platform, check_model_file, model_checks, system_checks
-from .library import RuntimeLibrary, find_library, identify, open_runtime
+from .handle import IDLE_WAIT_S, LIVE_HANDLES, Handle
+from .library import find_library, identify, open_runtime
+from .structs import Structs
 from .tokenizer import NPUTokenizer, from_huggingface, from_metadata
 
 log = logging.getLogger(__name__)
 
-_NORMAL, _WAITING, _FINISH, _ERROR, _HIDDEN_11 = 0, 1, 2, 3, 4
-_CONTINUE, _PAUSE, _RELEASE = 0, 1, 2
 # After a stop was requested, how long to wait for the runtime's FINISH before reporting the
 # end ourselves (a paused or aborted task may never call back again).
 _STOP_GRACE_S = 2.0
-# How long close() waits for a running task to end before destroying the handle.
-_CLOSE_WAIT_S = 5.0
-
-
-class _Run:
-    """State of one rkllm_run, shared by the caller's thread and the callback's thread."""
-
-    __slots__ = (
-        "abort_thread",
-        "completion",
-        "decoder",
-        "done",
-        "error",
-        "finished",
-        "id",
-        "keep",
-        "limit",
-        "mode",
-        "payloads",
-        "pending",
-        "perf",
-        "runtime_error",
-        "sink",
-        "stop_kind",
-        "stop_time",
-    )
-
-    def __init__(self, run_id: int, sink: Sink, mode: InferMode, limit: int | None) -> None:
-        self.id = run_id
-        self.sink = sink
-        self.mode = mode
-        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self.pending = b""
-        self.stop_kind: str | None = None  # "sink" | "abort" | "limit" | "error"
-        self.error: BaseException | None = None
-        self.runtime_error = False
-        self.finished = False
-        self.done = threading.Event()
-        self.perf: PerfStats | None = None
-        self.completion = 0
-        self.limit = limit
-        self.payloads = 0
-        self.keep: list[Any] = []
-        self.abort_thread: threading.Thread | None = None
-        self.stop_time = 0.0
-
-
-class _Dispatcher:
-    """The C callback's Python side. It holds no reference to the engine, so an engine that is
-    dropped without close() can still be collected (and its handle destroyed by a finalizer)."""
-
-    def __init__(self, runtime: RuntimeLibrary, handle: _Handle) -> None:
-        self.ffi = runtime.ffi
-        self.spec = runtime.spec
-        self.handle = handle
-        self.current: _Run | None = None
-        self.returns_int = runtime.spec.callback_returns_int
-        self.release_after_copy = runtime.spec.sampling_per_run  # 1.3 understands return 2
-
-    def request_stop(self, run: _Run, kind: str) -> None:
-        if run.stop_kind is None:
-            run.stop_kind = kind
-            run.stop_time = time.monotonic()
-        if self.returns_int:
-            run.done.set()  # the caller returns 1 (pause) now: the task calls back no more
-        elif run.abort_thread is None:
-            # Families 1.1/1.2.0 cannot pause through the return value: abort from a helper
-            # thread, because calling rkllm_abort inside its own callback may deadlock.
-            t = threading.Thread(target=self._abort_if_current, args=(run,), daemon=True)
-            run.abort_thread = t
-            t.start()
-
-    def _abort_if_current(self, run: _Run) -> None:
-        if self.current is run and not run.done.is_set():
-            self.handle.abort()
-
-    def on_result(self, result: Any, userdata: Any, state: int) -> int:
-        ffi = self.ffi
-        run = self.current
-        if run is None or int(ffi.cast("intptr_t", userdata)) != run.id:
-            return _PAUSE  # a late callback of a run that already ended
-        try:
-            return self._handle(run, result, state)
-        except BaseException as exc:
-            if run.error is None:
-                run.error = exc
-            self.request_stop(run, "error")
-            return _PAUSE
-
-    def _handle(self, run: _Run, result: Any, state: int) -> int:
-        ffi = self.ffi
-        if state == _FINISH:
-            if self.spec.perf and result != ffi.NULL:
-                p = result.perf
-                run.perf = PerfStats(
-                    float(p.prefill_time_ms), int(p.prefill_tokens), float(p.generate_time_ms),
-                    int(p.generate_tokens), float(p.memory_usage_mb),
-                )
-            run.finished = True
-            run.done.set()
-            return _CONTINUE
-        if state == _ERROR:
-            run.runtime_error = True
-            run.done.set()
-            return _CONTINUE
-        if run.stop_kind is not None:
-            if self.returns_int:
-                run.done.set()  # a paused task calls back no more
-            return _PAUSE
-        if result == ffi.NULL:
-            return _CONTINUE
-        if run.mode != InferMode.GENERATE:
-            return self._payload(run, result, state)
-        if state != _NORMAL and state != _WAITING:
-            return _CONTINUE
-        text_ptr = result.text
-        raw = ffi.string(text_ptr) if text_ptr != ffi.NULL else b""
-        if state == _WAITING:
-            # The bytes end inside a UTF-8 character. Runtimes either re-send them with the
-            # next token or send only the rest; a continuation byte can never start the rest,
-            # so "the next text starts with the pending bytes" tells which one happened.
-            pending = run.pending
-            run.pending = raw if pending and raw.startswith(pending) else pending + raw
-            text = ""
-        else:
-            pending = run.pending
-            if pending:
-                raw = raw if raw.startswith(pending) else pending + raw
-                run.pending = b""
-            text = run.decoder.decode(raw)
-        run.completion += 1
-        if not run.sink.emit(TokenEvent(text, int(result.token_id))):
-            self.request_stop(run, "sink")
-            return _PAUSE
-        if run.limit is not None and run.completion >= run.limit:
-            self.request_stop(run, "limit")
-            return _PAUSE
-        return _CONTINUE
-
-    def _payload(self, run: _Run, result: Any, state: int) -> int:
-        ffi = self.ffi
-        arr: np.ndarray | None = None
-        if run.mode == InferMode.LAST_HIDDEN_LAYER:
-            if state not in (_NORMAL, _HIDDEN_11):
-                return _CONTINUE
-            lh = result.last_hidden_layer
-            n, d = int(lh.num_tokens), int(lh.embd_size)
-            if lh.hidden_states != ffi.NULL and n > 0 and d > 0:
-                # Copy now: the runtime frees this buffer when the callback returns.
-                arr = np.frombuffer(ffi.buffer(lh.hidden_states, 4 * n * d), np.float32)
-                event: Any = HiddenStateEvent(arr.reshape(n, d).copy())
-        elif run.mode == InferMode.LOGITS and self.spec.logits and state == _NORMAL:
-            lg = result.logits
-            n, v = int(lg.num_tokens), int(lg.vocab_size)
-            if lg.logits != ffi.NULL and n > 0 and v > 0:
-                arr = np.frombuffer(ffi.buffer(lg.logits, 4 * n * v), np.float32)
-                event = LogitsEvent(arr.reshape(n, v).copy())
-        if arr is None:
-            return _CONTINUE
-        run.payloads += 1
-        if not run.sink.emit(event):
-            self.request_stop(run, "sink")
-            return _PAUSE
-        return _RELEASE if self.release_after_copy else _CONTINUE
-
-
-class _Handle:
-    """Owns the runtime handle: destroyed exactly once (close, garbage collection or exit)."""
-
-    def __init__(self, runtime: RuntimeLibrary) -> None:
-        self.runtime = runtime
-        self.lib: Any = runtime.lib
-        self.ptr: Any = None
-        self.lock = threading.Lock()
-        self.destroyed = False
-        self.idle = threading.Event()
-        self.idle.set()
-        self.keepalive: list[Any] = []
-
-    def abort(self) -> None:
-        ptr = self.ptr
-        if ptr is not None and not self.destroyed:
-            rc = self.lib.rkllm_abort(ptr)
-            if rc != 0:
-                log.warning("rkllm_abort returned %d", rc)
-
-    def destroy(self) -> None:
-        with self.lock:
-            if self.destroyed or self.ptr is None:
-                self.destroyed = True
-                return
-            self.destroyed = True
-            ptr = self.ptr
-        if not self.idle.is_set():
-            self.lib.rkllm_abort(ptr)
-            if not self.idle.wait(_CLOSE_WAIT_S):
-                # Destroying under a running task crashes the process; leaking is the lesser evil.
-                log.warning("a run did not end within %.0f s; the NPU handle is not destroyed",
-                            _CLOSE_WAIT_S)
-                return
-        rc = self.lib.rkllm_destroy(ptr)
-        self.ptr = None
-        if rc != 0:
-            log.warning("rkllm_destroy returned %d", rc)
-
-
-_LIVE_HANDLES: weakref.WeakSet[_Handle] = weakref.WeakSet()
-
-
-def _abort_all_at_exit() -> None:
-    # Runs before the interpreter joins non-daemon threads: a worker blocked in rkllm_run
-    # (e.g. after Ctrl-C in the main thread) would otherwise keep the process alive.
-    for handle in list(_LIVE_HANDLES):
-        if not handle.idle.is_set():
-            handle.abort()
-
-
-try:  # private but stable since 3.9; concurrent.futures relies on it
-    threading._register_atexit(_abort_all_at_exit)  # type: ignore[attr-defined]
-except (AttributeError, RuntimeError):  # pragma: no cover
-    import atexit
-
-    atexit.register(_abort_all_at_exit)
 
 
 class NPUEngine:
@@ -372,10 +146,11 @@ class NPUEngine:
         # Before rkllm_init: a bad tokenizer= must not cost a model load.
         self.tokenizer: NPUTokenizer | None = self._load_tokenizer(tokenizer)
 
-        self._handle = _Handle(self.runtime)
-        self._dispatcher = _Dispatcher(self.runtime, self._handle)
+        self._structs = Structs(self.runtime, config, self.meta.hidden_size, self._warn_once)
+        self._handle = Handle(self.runtime)
+        self._dispatcher = Dispatcher(self.runtime, self._handle)
         self._init_handle(model_path)
-        _LIVE_HANDLES.add(self._handle)
+        LIVE_HANDLES.add(self._handle)
         self._finalizer = weakref.finalize(self, self._handle.destroy)
 
         if self.spec.chat_template:
@@ -398,81 +173,11 @@ class NPUEngine:
     # --- construction ----------------------------------------------------------------------
 
     def _init_handle(self, model_path: str) -> None:
-        ffi, lib, spec, cfg = self._ffi, self._lib, self.spec, self.config
-        param = ffi.new("RKLLMParam*", lib.rkllm_createDefaultParam())
         keep = self._handle.keepalive
-        path_c = ffi.new("char[]", os.fsencode(os.path.abspath(model_path)))
-        keep.append(path_c)
-        param.model_path = path_c
-        param.max_context_len = cfg.max_context_len
-        param.max_new_tokens = cfg.max_new_tokens
-        param.top_k = cfg.top_k
-        param.top_p = cfg.top_p
-        param.temperature = cfg.temperature
-        param.repeat_penalty = cfg.repeat_penalty
-        param.frequency_penalty = cfg.frequency_penalty
-        param.presence_penalty = cfg.presence_penalty
-        param.mirostat = cfg.mirostat
-        param.mirostat_tau = cfg.mirostat_tau
-        param.mirostat_eta = cfg.mirostat_eta
-        param.skip_special_token = cfg.skip_special_token
-        param.is_async = cfg.is_async
-        ignored = []
-        if spec.n_keep:
-            param.n_keep = cfg.n_keep
-        elif cfg.n_keep:
-            ignored.append("n_keep")
-        if spec.ignore_eos_token:
-            param.ignore_eos_token = cfg.ignore_eos_token
-        elif cfg.ignore_eos_token:
-            ignored.append("ignore_eos_token")
-        if spec.img_fields_in_param:
-            for name in ("img_start", "img_end", "img_content"):
-                s = ffi.new("char[]", getattr(cfg, name).encode())
-                keep.append(s)
-                setattr(param, name, s)
-        ext = param.extend_param
-        ffi.memmove(ffi.addressof(ext), b"\0" * ffi.sizeof("RKLLMExtendParam"),
-                    ffi.sizeof("RKLLMExtendParam"))
-        ext.base_domain_id = cfg.base_domain_id
-        if spec.extend_cpus:
-            ext.embed_flash = int(cfg.embed_flash)
-            ext.enabled_cpus_num = cfg.enabled_cpus_num
-            ext.enabled_cpus_mask = cfg.enabled_cpus_mask
-        else:
-            ignored += [n for n in ("embed_flash", "enabled_cpus") if getattr(cfg, n)]
-        if spec.extend_batch:
-            ext.n_batch = cfg.n_batch
-            ext.use_cross_attn = int(cfg.use_cross_attn)
-        else:
-            if cfg.n_batch != 1:
-                ignored.append("n_batch")
-            if cfg.use_cross_attn:
-                ignored.append("use_cross_attn")
-        if ignored:
-            log.warning("RKLLM runtime family %s has no %s; ignored", self.family,
-                        ", ".join(ignored))
-        self._param = param
-        keep.append(param)
-
-        ctype = "int(*)(RKLLMResult*, void*, LLMCallState)" if spec.callback_returns_int else \
-            "void(*)(RKLLMResult*, void*, LLMCallState)"
-        on_result = self._dispatcher.on_result
-        if spec.callback_returns_int:
-            cb = ffi.callback(ctype, on_result, error=_PAUSE)
-        else:
-            def on_result_void(result: Any, userdata: Any, state: int) -> None:
-                on_result(result, userdata, state)
-            cb = ffi.callback(ctype, on_result_void)
-        keep.append(cb)
-        handle_p = ffi.new("LLMHandle*")
-        if spec.callback_struct:
-            cbs = ffi.new("RKLLMCallback*")
-            cbs.result_callback = cb
-            keep.append(cbs)
-            rc = lib.rkllm_init(handle_p, param, cbs)
-        else:
-            rc = lib.rkllm_init(handle_p, param, cb)
+        param = self._structs.init_param(model_path, keep)
+        callback = self._structs.result_callback(self._dispatcher.on_result, keep)
+        handle_p = self._ffi.new("LLMHandle*")
+        rc = self._lib.rkllm_init(handle_p, param, callback)
         if rc != 0:
             raise RuntimeLibraryError(
                 f"rkllm_init failed (returned {rc}) for {model_path} with RKLLM runtime"
@@ -481,7 +186,8 @@ class NPUEngine:
                 f" enough memory for max_context_len={self.config.max_context_len}, a model"
                 f" converted for another platform, an NPU driver older than 0.9.8"
             )
-        self._handle.ptr = handle_p[0]
+        self._param = param
+        self._handle.attach(handle_p[0])
 
     def _load_tokenizer(self, tokenizer: str | None) -> NPUTokenizer | None:
         if tokenizer:
@@ -590,7 +296,7 @@ class NPUEngine:
 
     def _execute(
         self, request: Request, item: RequestInput, sink: Sink
-    ) -> tuple[_Run, FinishEvent | ErrorEvent]:
+    ) -> tuple[Run, FinishEvent | ErrorEvent]:
         spec = self.spec
         if request.mode == InferMode.LOGITS:
             self._need("logits mode", spec.logits, "1.2.0")
@@ -600,9 +306,9 @@ class NPUEngine:
         if prompt_count is not None and prompt_count > self.config.max_context_len:
             raise ContextLengthError(prompt_count, self.config.max_context_len)
         limit = self._limit(request.sampling)
-        run = _Run(next(self._ids), sink, request.mode, limit)
-        rk_input = self._build_input(item, request, run.keep)
-        infer = self._build_infer(request, run.keep)
+        run = Run(next(self._ids), sink, request.mode, limit)
+        rk_input = self._structs.input(item, request, run.keep)
+        infer = self._structs.infer(request, run.keep, self._loras)
         userdata = self._ffi.cast("void*", run.id)
         handle = self._handle
         use_async = self.config.is_async
@@ -610,9 +316,13 @@ class NPUEngine:
         self._dispatcher.current = run
         try:
             if use_async:
-                rc = int(self._lib.rkllm_run_async(handle.ptr, rk_input, infer, userdata))
+                rc = self._start_async(rk_input, infer, userdata)
                 if rc == 0:
                     self._wait(run)
+                    # FINISH was called from inside the runtime's task, which is still
+                    # unwinding: the next task must not start before it has ended.
+                    handle.wait_runtime_idle()
+                    handle.last_end = time.monotonic()
             else:
                 rc = int(self._lib.rkllm_run(handle.ptr, rk_input, infer, userdata))
         finally:
@@ -623,14 +333,29 @@ class NPUEngine:
         return run, self._end_event(run, rc, prompt_count, "rkllm_run_async" if use_async
                                     else "rkllm_run")
 
-    def _wait(self, run: _Run) -> None:
+    def _start_async(self, rk_input: Any, infer: Any, userdata: Any) -> int:
+        """``rkllm_run_async`` once the runtime is idle. Where the runtime cannot say so, a
+        start refused just after the previous task is retried for a bounded time."""
+        handle = self._handle
+        handle.wait_runtime_idle()
+        pause = 0.001
+        while True:
+            rc = int(self._lib.rkllm_run_async(handle.ptr, rk_input, infer, userdata))
+            if rc == 0 or handle.runtime_busy() is not None:
+                return rc  # started, or refused by a runtime that says it is idle
+            if time.monotonic() - handle.last_end > IDLE_WAIT_S:
+                return rc
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def _wait(self, run: Run) -> None:
         while not run.done.wait(0.05):
             if run.stop_kind is not None and time.monotonic() - run.stop_time > _STOP_GRACE_S:
                 log.debug("no FINISH %.1f s after stopping run %d", _STOP_GRACE_S, run.id)
                 return
 
     def _end_event(
-        self, run: _Run, rc: int, prompt_count: int | None, fn: str
+        self, run: Run, rc: int, prompt_count: int | None, fn: str
     ) -> FinishEvent | ErrorEvent:
         if run.error is not None:
             if isinstance(run.error, (KeyboardInterrupt, SystemExit)):
@@ -670,7 +395,7 @@ class NPUEngine:
         return FinishEvent(reason, perf, prompt_tokens, completion if run.mode ==
                            InferMode.GENERATE else 0)
 
-    def _max_tokens(self, run: _Run) -> int:
+    def _max_tokens(self, run: Run) -> int:
         return run.limit if run.limit is not None else self._current_max
 
     def _limit(self, s: ResolvedSampling) -> int | None:
@@ -679,10 +404,7 @@ class NPUEngine:
         if self.spec.sampling_per_run:
             return None
         cfg = self.config
-        differs = [n for n in ("top_k", "top_p", "temperature", "repeat_penalty",
-                               "frequency_penalty", "presence_penalty", "mirostat",
-                               "mirostat_tau", "mirostat_eta")
-                   if getattr(s, n) != getattr(cfg, n)]
+        differs = [n for n in SAMPLING_FIELD_NAMES if getattr(s, n) != getattr(cfg, n)]
         if differs:
             self._warn_once(
                 "sampling", "RKLLM runtime family %s takes sampling parameters only at init;"
@@ -708,144 +430,6 @@ class NPUEngine:
         if isinstance(item, PromptInput) and self.tokenizer is not None:
             return len(self.tokenizer.encode(item.text))
         return None
-
-    def _build_input(self, item: RequestInput, request: Request, keep: list[Any]) -> Any:
-        ffi, spec = self._ffi, self.spec
-        rk = ffi.new("RKLLMInput*")
-        keep.append(rk)
-        if spec.role:
-            role = ffi.new("char[]", request.role.encode())
-            keep.append(role)
-            rk.role = role
-            rk.enable_thinking = bool(request.enable_thinking)
-        else:
-            if request.role != "user":
-                self._warn_once("role", "role=%r needs RKLLM runtime 1.2.1+; ignored", request.role)
-            if request.enable_thinking:
-                self._warn_once("thinking", "enable_thinking needs RKLLM runtime 1.2.1+; ignored")
-        if isinstance(item, PromptInput):
-            text = ffi.new("char[]", item.text.encode("utf-8"))
-            keep.append(text)
-            rk.input_type = 0
-            rk.prompt_input = text
-        elif isinstance(item, TokenInput):
-            if not item.ids:
-                raise ConfigError("token input is empty")
-            ids = ffi.new("int32_t[]", list(item.ids))
-            keep.append(ids)
-            rk.input_type = 1
-            rk.token_input.input_ids = ids
-            rk.token_input.n_tokens = len(item.ids)
-        elif isinstance(item, EmbedInput):
-            arr = self._float_matrix(item.embeds, "embeds")
-            keep.append(arr)
-            rk.input_type = 2
-            rk.embed_input.embed = ffi.cast("float*", ffi.from_buffer(arr))
-            rk.embed_input.n_tokens = arr.shape[0]
-        elif isinstance(item, MultimodalInput):
-            self._fill_multimodal(rk, item, keep)
-        else:
-            raise ConfigError(f"unsupported input {type(item).__name__}")
-        return rk
-
-    def _float_matrix(self, data: Any, what: str) -> np.ndarray:
-        arr = np.ascontiguousarray(data, dtype=np.float32)
-        if arr.ndim != 2 or arr.shape[0] == 0:
-            raise ConfigError(f"{what} must have shape (n_tokens, hidden), got {arr.shape}")
-        hidden = self.meta.hidden_size
-        if hidden and arr.shape[1] != hidden:
-            raise ConfigError(f"{what} rows have {arr.shape[1]} values; the model's hidden size"
-                              f" is {hidden}")
-        return arr
-
-    def _fill_multimodal(self, rk: Any, item: MultimodalInput, keep: list[Any]) -> None:
-        ffi, spec, cfg = self._ffi, self.spec, self.config
-        emb = np.ascontiguousarray(item.image_embeds, dtype=np.float32)
-        n_image = item.n_image
-        if emb.ndim == 3:
-            n_image, per_image = emb.shape[0], emb.shape[1]
-            emb = emb.reshape(-1, emb.shape[2])
-        elif emb.ndim == 2 and n_image > 0 and emb.shape[0] % n_image == 0:
-            per_image = emb.shape[0] // n_image
-        else:
-            raise ConfigError(f"image_embeds of shape {emb.shape} do not split into"
-                              f" n_image={item.n_image} images")
-        emb = self._float_matrix(emb, "image_embeds")
-        prompt = ffi.new("char[]", item.prompt.encode("utf-8"))
-        keep += [emb, prompt]
-        rk.input_type = 3
-        mm = rk.multimodal_input
-        mm.prompt = prompt
-        ptr = ffi.cast("float*", ffi.from_buffer(emb))
-        if spec.multimodal == "image_video":
-            img = mm.image
-            img.image_embed = ptr
-            img.n_image_tokens = per_image
-            img.n_image = n_image
-            for name in ("start", "end", "content"):
-                s = ffi.new("char[]", getattr(cfg, f"img_{name}").encode())
-                keep.append(s)
-                setattr(img, f"image_{name}", s)
-            img.image_width = item.image_width
-            img.image_height = item.image_height
-        else:
-            mm.image_embed = ptr
-            if spec.multimodal == "sized":
-                mm.n_image_tokens = per_image
-                mm.n_image = n_image
-                mm.image_width = item.image_width
-                mm.image_height = item.image_height
-            else:
-                if n_image != 1:
-                    raise UnsupportedFeatureError(
-                        f"several images per prompt need RKLLM runtime 1.2.1+ (family"
-                        f" {self.family} takes one)")
-                mm.n_image_tokens = per_image
-
-    def _build_infer(self, request: Request, keep: list[Any]) -> Any:
-        ffi, spec = self._ffi, self.spec
-        p = ffi.new("RKLLMInferParam*")
-        keep.append(p)
-        p.mode = int(request.mode)
-        if request.lora_adapter:
-            if request.lora_adapter not in self._loras:
-                raise ConfigError(f"LoRA adapter {request.lora_adapter!r} is not loaded (loaded:"
-                                  f" {sorted(self._loras) or 'none'}); call load_lora first")
-            lp = ffi.new("RKLLMLoraParam*")
-            name = ffi.new("char[]", request.lora_adapter.encode())
-            lp.lora_adapter_name = name
-            keep += [lp, name]
-            p.lora_params = lp
-        if request.prompt_cache_path:
-            cp = ffi.new("RKLLMPromptCacheParam*")
-            path = ffi.new("char[]", os.fsencode(request.prompt_cache_path))
-            cp.save_prompt_cache = int(request.save_prompt_cache)
-            cp.prompt_cache_path = path
-            keep += [cp, path]
-            p.prompt_cache_params = cp
-        elif request.save_prompt_cache:
-            raise ConfigError("save_prompt_cache=True needs prompt_cache_path")
-        if spec.name != "1.1":
-            p.keep_history = int(request.keep_history)
-        elif request.keep_history:
-            self._warn_once("keep_history", "RKLLM runtime family 1.1 has no keep_history:"
-                            " every run starts from an empty context")
-        if spec.sampling_per_run:
-            s = request.sampling
-            sp = ffi.new("RKLLMSamplingParam*")
-            sp.top_k = s.top_k
-            sp.top_p = s.top_p
-            sp.temperature = s.temperature
-            sp.repeat_penalty = s.repeat_penalty
-            sp.frequency_penalty = s.frequency_penalty
-            sp.presence_penalty = s.presence_penalty
-            sp.mirostat = s.mirostat
-            sp.mirostat_tau = s.mirostat_tau
-            sp.mirostat_eta = s.mirostat_eta
-            keep.append(sp)
-            p.sampling_params = sp
-            p.max_new_tokens = s.max_new_tokens
-        return p
 
     def abort(self) -> None:
         """Stop the running request within one token (any thread); no-op when idle."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import cffi
 
 from ..errors import EngineUnavailableError, RuntimeLibraryError, RuntimeVersionError
-from .abi import FAMILIES, SPECS, FamilySpec, ffi_for
+from .abi import FAMILIES, SPECS, FamilySpec, ffi_for, spec_of_layout
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,16 @@ def family_of_version(version: str) -> str | None:
     return None
 
 
+def layout_of_version(version: str) -> str | None:
+    """The struct layout of a release: its family's, except for 1.2.1 betas (``1.2.1b1``),
+    whose multimodal input already has 1.2.1's fields. None if the release is unknown."""
+    family = family_of_version(version)
+    v = version.strip().lower().lstrip("v")
+    if family == "1.2.0" and re.fullmatch(r"1\.2\.1b\d*", v):
+        return "1.2.1b1"
+    return family
+
+
 def family_of_symbols(symbols: frozenset[str]) -> str:
     """What the exported functions say: ``"1.1"``, ``"1.2.0"`` or ``"1.2.1+"`` (1.2.1 or 1.3,
     which export the same names)."""
@@ -95,11 +105,16 @@ class LibraryIdentity:
     reason: str
     internal_version: str | None = None
     warnings: tuple[str, ...] = field(default=())
+    layout: str = ""  # the struct layout: the family's, or a release's own ("1.2.1b1")
+
+    def __post_init__(self) -> None:
+        if not self.layout:
+            object.__setattr__(self, "layout", self.family)
 
     @property
     def spec(self) -> FamilySpec:
-        """The ABI family's feature table."""
-        return SPECS[self.family]
+        """The feature table of the ABI family (and layout) in use."""
+        return spec_of_layout(self.layout)
 
 
 # --- finding the file ----------------------------------------------------------------------
@@ -264,8 +279,14 @@ def identify(
             )
             log.warning("%s", warnings[-1])
         reason = f"forced by {source}{forced_value!r}"
+        # A forced release has its own layout; a forced family name keeps the layout of the
+        # release the file names, when that release belongs to the forced family.
+        layout = layout_of_version(forced_value) or forced
+        if forced_value.strip().lower() in FAMILIES and by_text == forced and sdk:
+            layout = layout_of_version(sdk) or forced
         return LibraryIdentity(
-            path, sdk, forced, symbols, by_symbols, True, reason, internal, tuple(warnings)
+            path, sdk, forced, symbols, by_symbols, True, reason, internal, tuple(warnings),
+            layout,
         )
 
     if sdk is None:
@@ -292,10 +313,13 @@ def identify(
             f"{path} (RKLLM runtime {sdk}, family {by_text}) lacks {', '.join(sorted(missing))};"
             f" it is not a complete librkllmrt.so"
         )
+    layout = layout_of_version(sdk) or by_text
     reason = (
         f"'RKLLM SDK (version: {sdk})' in the file; exported functions agree ({by_symbols})"
+        + (f"; structs of release {layout}" if layout != by_text else "")
     )
-    return LibraryIdentity(path, sdk, by_text, symbols, by_symbols, False, reason, internal)
+    return LibraryIdentity(path, sdk, by_text, symbols, by_symbols, False, reason, internal,
+                           layout=layout)
 
 
 @dataclass(slots=True)
@@ -319,7 +343,7 @@ class RuntimeLibrary:
 
 def open_runtime(identity: LibraryIdentity) -> RuntimeLibrary:
     """dlopen an identified library with its family's declarations."""
-    ffi = ffi_for(identity.family)
+    ffi = ffi_for(identity.layout)
     try:
         lib = ffi.dlopen(str(identity.path))
     except OSError as exc:
@@ -327,8 +351,8 @@ def open_runtime(identity: LibraryIdentity) -> RuntimeLibrary:
             f"cannot load {identity.path} ({exc}); it must be the aarch64 build of librkllmrt.so"
             f" and its dependencies (libgomp, librknnrt on older releases) must be installed"
         ) from exc
-    log.info("loaded %s: RKLLM runtime %s, ABI family %s (%s)", identity.path,
-             identity.sdk_version, identity.family, identity.reason)
+    log.info("loaded %s: RKLLM runtime %s, ABI family %s, layout %s (%s)", identity.path,
+             identity.sdk_version, identity.family, identity.layout, identity.reason)
     return RuntimeLibrary(identity, ffi, lib)
 
 

@@ -30,11 +30,18 @@ CC = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.w
 FAMILY_BUILDS: dict[str, tuple[str, str]] = {
     # family: (define, SDK_VERSION text embedded in the library)
     "1.1": ("FAMILY_1_1", "1.1.4"),
-    "1.2.0": ("FAMILY_1_2_0", "1.2.1b1"),
+    "1.2.0": ("FAMILY_1_2_0", "1.2.0"),
     "1.2.1": ("FAMILY_1_2_1", "1.2.2"),
     "1.3": ("FAMILY_1_3", "1.3.1"),
 }
 FAMILIES = list(FAMILY_BUILDS)
+# Every release's own layout (shared/reference/rkllm-runtime-abi.md): release -> family define.
+# compile_fixture adds MM_SIZED for 1.2.1b1, whose multimodal input is 1.2.1's.
+RELEASE_BUILDS: dict[str, str] = {
+    "1.1.4": "FAMILY_1_1", "1.2.0": "FAMILY_1_2_0", "1.2.1b1": "FAMILY_1_2_0",
+    "1.2.1": "FAMILY_1_2_1", "1.2.2": "FAMILY_1_2_1", "1.2.3": "FAMILY_1_2_1",
+    "1.3.0": "FAMILY_1_3", "1.3.1": "FAMILY_1_3",
+}
 
 _GETTERS = """
 const char* fake_rkllm_record(void);
@@ -63,6 +70,8 @@ def compile_fixture(define: str, version: str | None, tag: str = "") -> Path:
     src = FIXTURE_SRC.read_bytes()
     flags = [f"-D{define}"]
     flags.append(f'-DSDK_VERSION="{version}"' if version else "-DNO_VERSION_TEXT")
+    if version and version.startswith("1.2.1b"):
+        flags.append("-DMM_SIZED")
     digest = hashlib.sha256(src + " ".join(flags).encode()).hexdigest()[:12]
     # The name must differ per variant: a loaded library is reused by path.
     out = build_dir() / f"fake_rkllmrt_{define}{tag}_{digest}.so"
@@ -119,6 +128,19 @@ def fake_runtime(family: str) -> FakeRuntime:
         path = compile_fixture(define, version)
         _runtimes[family] = FakeRuntime(family, path, _getter_ffi.dlopen(str(path)))
     rt = _runtimes[family]
+    rt.reset()
+    return rt
+
+
+def fake_release(release: str) -> FakeRuntime:
+    """The fake runtime built with one release's layout and version text."""
+    key = f"release-{release}"
+    if key not in _runtimes:
+        define = RELEASE_BUILDS[release]
+        path = compile_fixture(define, release, f"_r{release.replace('.', '')}")
+        family = next(f for f, (d, _) in FAMILY_BUILDS.items() if d == define)
+        _runtimes[key] = FakeRuntime(family, path, _getter_ffi.dlopen(str(path)))
+    rt = _runtimes[key]
     rt.reset()
     return rt
 
