@@ -83,6 +83,23 @@ def driver_version(path: str | os.PathLike[str] = DRIVER_VERSION_FILE) -> str | 
     return m.group(1) if m else None
 
 
+def driver_unknown_reason(path: str | os.PathLike[str] = DRIVER_VERSION_FILE) -> str:
+    """Why the driver version is unknown: the file is missing, or only root may read it."""
+    p = Path(path)
+    try:
+        exists = p.exists()
+    except OSError:  # a parent directory only root may search (debugfs)
+        exists = None
+    if exists:
+        if os.access(p, os.R_OK):
+            return f"{p} holds no version number"
+        return f"{p} is readable by root only; run as root to see the driver version"
+    if exists is None or (p.parent.parent.is_dir() and not os.access(p.parent.parent, os.R_OK)):
+        return f"{p.parent.parent} is readable by root only; run as root to see the driver"
+    return (f"{p} does not exist: no RKNPU driver here (on a board, debugfs must be mounted"
+            f" and read as root)")
+
+
 def check_model_file(model_path: str | os.PathLike[str]) -> RKLLMMetadata:
     """Read the model's metadata; refuses a missing, unreadable or non-.rkllm file."""
     p = Path(model_path)
@@ -166,8 +183,7 @@ def system_checks(runtime_version: str | None) -> list[Check]:
             out.append(Check("cpu sve", "ok", "SVE present or not an arm64 CPU"))
     drv = driver_version()
     if drv is None:
-        out.append(Check("npu driver", "info", f"unknown ({DRIVER_VERSION_FILE} not readable;"
-                         " root only)"))
+        out.append(Check("npu driver", "info", f"unknown: {driver_unknown_reason()}"))
     elif version_tuple(drv) < MIN_DRIVER:
         msg = (
             f"RKNPU driver {drv} is older than 0.9.8, which the RKLLM runtime requires; update"
