@@ -114,8 +114,8 @@ def gguf_file() -> bytes:
     return container(gguf_entries(), gguf_tensors(), masked=False)
 
 
-def rkllm_file(toolkit: str = "1.3.1") -> bytes:
-    """A valid small .rkllm (masked strings, tokenizer, tensor directory, trailer)."""
+def rkllm_entries(toolkit: str = "1.3.1") -> list[Entry]:
+    """Metadata of a plausible small .rkllm model."""
     tokens = tiny_vocab()
     entries: list[Entry] = [
         ("general.architecture", STRING, "qwen2"),
@@ -139,6 +139,14 @@ def rkllm_file(toolkit: str = "1.3.1") -> bytes:
         ("tokenizer.ggml.eos_token_id", U32, 2),
         ("tokenizer.ggml.bos_token_id", U32, 1),
     ]
-    tensors = [("token_embd.weight", (64, 32), 1, 64 * 32 * 2),
-               ("output_norm.weight", (64,), 0, 64 * 4)]
-    return container(entries, tensors, masked=True, trailer=toolkit)
+    return entries
+
+
+def rkllm_tensors() -> list[Tensor]:
+    return [("token_embd.weight", (64, 32), 1, 64 * 32 * 2),
+            ("output_norm.weight", (64,), 0, 64 * 4)]
+
+
+def rkllm_file(toolkit: str = "1.3.1") -> bytes:
+    """A valid small .rkllm (masked strings, tokenizer, tensor directory, trailer)."""
+    return container(rkllm_entries(toolkit), rkllm_tensors(), masked=True, trailer=toolkit)
