@@ -2,38 +2,25 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from rkllm_core import (
-    PerfStats,
-    RKLLMModel,
-    RuntimeConfig,
-    SamplingParams,
-    shared_model,
-)
+from rkllm_core import RKLLMModel, RuntimeConfig, SamplingParams, load_shared
+from rkllm_core.config import SamplingFields, sampling_defaults
+from rkllm_core.sharing import runtime_config_with
 
-# LangChain name → core SamplingParams name; everything else in SamplingParams keeps its name.
-_RENAMED = {"max_tokens": "max_new_tokens"}
-SAMPLING_FIELDS = (
-    "temperature",
-    "top_k",
-    "top_p",
-    "max_tokens",
-    "repeat_penalty",
-    "frequency_penalty",
-    "presence_penalty",
-    "mirostat",
-    "mirostat_tau",
-    "mirostat_eta",
-    "seed",
-)
+# Call arguments that are not sampling but are understood by every class.
+_REQUEST_ARGS = ("timeout",)
 
 
-class RKLLMParams(BaseModel):
-    """Fields common to the LangChain classes (mixed in before the LangChain base class)."""
+class RKLLMParams(SamplingFields):  # type: ignore[misc,valid-type]
+    """Fields common to the LangChain classes (mixed in before the LangChain base class).
+
+    The sampling fields (temperature, top_k, top_p, max_tokens, repeat_penalty, seed …) come
+    from the core's :data:`rkllm_core.config.SamplingFields`: declared once, with the same
+    bounds as :class:`rkllm_core.SamplingParams`.
+    """
 
     model: str = Field(
         default="smollm2",
@@ -49,22 +36,11 @@ class RKLLMParams(BaseModel):
     engine_options: dict[str, Any] = Field(default_factory=dict)
     """Engine keyword options passed to the core (e.g. tokenizer=<dir> for .rkllm files)."""
 
-    temperature: float | None = Field(default=None, ge=0.0)
-    top_k: int | None = Field(default=None, ge=0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(default=None, gt=0)
-    """Cap on generated tokens per call (RuntimeConfig.max_new_tokens when unset)."""
-    repeat_penalty: float | None = Field(default=None, gt=0.0)
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    mirostat: Literal[0, 1, 2] | None = None
-    mirostat_tau: float | None = Field(default=None, gt=0.0)
-    mirostat_eta: float | None = Field(default=None, gt=0.0)
-    seed: int | None = None
     stop: list[str] | None = None
     """Stop strings for every call; per-call ``stop`` is an error when this is set."""
     timeout: float | None = Field(default=None, gt=0.0)
-    """Seconds a call may take; checked between tokens, the request is aborted past it."""
+    """Seconds a call may take, time waiting for the model included: a call still queued at
+    its deadline never runs, a running one is stopped (core ``timeout=``)."""
     max_retries: int = Field(default=0, ge=0)
     """Accepted for LangChain's standard parameters; local runs are never retried (a failed
     generation fails the same way again)."""
@@ -82,46 +58,38 @@ class RKLLMParams(BaseModel):
     def _check_runtime(self) -> RKLLMParams:
         # Validate now (cheap) so a bad option fails at construction, not at first call.
         self._runtime_config()
-        SamplingParams(**self._default_sampling())
+        SamplingParams.merge(self._default_sampling())
         return self
 
     # --- model ---------------------------------------------------------------------------
 
     def _runtime_config(self) -> RuntimeConfig:
-        values = dict(self.runtime_config)
-        if self.max_context_len is not None:
-            values["max_context_len"] = self.max_context_len
-        try:
-            return RuntimeConfig(**values)
-        except Exception as exc:
-            raise ValueError(f"invalid runtime_config {values!r}: {exc}") from exc
+        return runtime_config_with(self.runtime_config, self.max_context_len)
 
     def _get_model(self, name: str | None = None) -> RKLLMModel:
         """The loaded model (shared per process); loads it on first use."""
         if name is not None and name != self.model:
-            return shared_model(
-                name, self._runtime_config(), backend=self.backend, **self.engine_options
-            )
+            return load_shared(name, runtime_config=self._runtime_config(),
+                               backend=self.backend, engine_options=self.engine_options)
         if self._loaded is None or self._loaded.closed:
-            self._loaded = shared_model(
-                self.model, self._runtime_config(), backend=self.backend, **self.engine_options
-            )
+            self._loaded = load_shared(self.model, runtime_config=self._runtime_config(),
+                                       backend=self.backend, engine_options=self.engine_options)
         return self._loaded
 
     @property
-    def client(self) -> RKLLMModel:
+    def core_model(self) -> RKLLMModel:
         """The underlying :class:`rkllm_core.RKLLMModel` (loaded on first access)."""
+        return self._get_model()
+
+    @property
+    def client(self) -> RKLLMModel:
+        """Another name of :attr:`core_model` (LangChain integrations call it ``client``)."""
         return self._get_model()
 
     # --- sampling ------------------------------------------------------------------------
 
     def _default_sampling(self) -> dict[str, Any]:
-        values = {}
-        for name in SAMPLING_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                values[_RENAMED.get(name, name)] = value
-        return values
+        return sampling_defaults(self)
 
     def _resolve_stop(self, stop: list[str] | None) -> list[str]:
         if stop and self.stop:
@@ -131,22 +99,17 @@ class RKLLMParams(BaseModel):
             )
         return list(stop or self.stop or [])
 
-    def _call_sampling(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Sampling kwargs for the core: instance defaults, then per-call overrides.
+    def _call_options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Core keyword arguments of one call: sampling (instance defaults, then per-call
+        values, merged by the core) and the deadline.
 
-        ``kwargs`` is consumed: sampling keys are removed, so what remains is unknown.
+        ``kwargs`` is consumed: what remains is unknown to this class.
         """
-        values = self._default_sampling()
-        for name in SAMPLING_FIELDS:
-            if name in kwargs:
-                value = kwargs.pop(name)
-                if value is not None:
-                    values[_RENAMED.get(name, name)] = value
-        if "max_new_tokens" in kwargs:  # the core's own name is accepted too
-            values["max_new_tokens"] = kwargs.pop("max_new_tokens")
-        values["stop"] = self._resolve_stop(stop)
-        SamplingParams(**values)  # a clear error before anything is queued
-        return values
+        per_call = {k: kwargs.pop(k) for k in list(kwargs) if k in SamplingParams.names()}
+        timeout = kwargs.pop("timeout", None) or self.timeout
+        merged = SamplingParams.merge(self._default_sampling(), per_call,
+                                      {"stop": self._resolve_stop(stop)})
+        return {**merged.model_dump(exclude_unset=True), "timeout": timeout}
 
 
 def check_no_unknown(kwargs: dict[str, Any], cls_name: str) -> None:
@@ -154,29 +117,6 @@ def check_no_unknown(kwargs: dict[str, Any], cls_name: str) -> None:
     if kwargs:
         raise TypeError(
             f"{cls_name} got unexpected call argument(s) {sorted(kwargs)}; sampling arguments"
-            f" are {list(SAMPLING_FIELDS)} and 'stop'"
+            f" are {sorted(SamplingParams.names() - {'stop'})}, 'stop' and"
+            f" {list(_REQUEST_ARGS)}"
         )
-
-
-def perf_metadata(perf: PerfStats) -> dict[str, Any]:
-    """Timings of one request, as response metadata."""
-    return {
-        "prefill_ms": round(perf.prefill_ms, 3),
-        "prefill_tokens": perf.prefill_tokens,
-        "decode_ms": round(perf.decode_ms, 3),
-        "decode_tokens": perf.decode_tokens,
-        "decode_tokens_per_s": round(perf.decode_tokens_per_s, 3),
-        "memory_mb": round(perf.memory_mb, 3),
-    }
-
-
-class Deadline:
-    """A per-call time limit checked between tokens."""
-
-    def __init__(self, seconds: float | None) -> None:
-        self._end = time.monotonic() + seconds if seconds else None
-        self.seconds = seconds
-
-    def expired(self) -> bool:
-        """True once the limit has passed."""
-        return self._end is not None and time.monotonic() > self._end

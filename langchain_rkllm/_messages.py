@@ -17,7 +17,7 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.tool import invalid_tool_call, tool_call
 
-from rkllm_core import InvalidToolCall, ToolCall
+from rkllm_core import GenerationResult, InvalidToolCall, ToolCall
 
 _CHAT_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant",
                "ai": "assistant", "tool": "tool"}
@@ -102,3 +102,15 @@ def lc_invalid_tool_calls(calls: Sequence[InvalidToolCall]) -> list[Any]:
     return [
         invalid_tool_call(name=c.name, args=c.raw, id=c.id or None, error=c.error) for c in calls
     ]
+
+
+def response_metadata(result: GenerationResult, name: str) -> dict[str, Any]:
+    """LangChain response metadata of a core result (the core's one metadata mapping, flat)."""
+    meta = result.metadata()
+    return {
+        "model_name": name,
+        "model": meta["model"],
+        "model_provider": "rkllm",
+        "finish_reason": meta["finish_reason"],
+        **meta["perf"],
+    }

@@ -24,12 +24,16 @@ from langchain_core.utils.function_calling import convert_to_json_schema
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict
 
-from rkllm_core import GenerationResult, RKLLMModel
+from rkllm_core import GenerationResult, RKLLMModel, normalize_tool_choice, tool_names
 
-from ._common import Deadline, RKLLMParams, check_no_unknown, perf_metadata
-from ._generation import Assembler, Outcome, Plan, make_plan
-from ._messages import lc_invalid_tool_calls, lc_tool_calls, to_core_messages
-from ._tools import format_tools, normalize_tool_choice, tool_names
+from ._common import RKLLMParams, check_no_unknown
+from ._messages import (
+    lc_invalid_tool_calls,
+    lc_tool_calls,
+    response_metadata,
+    to_core_messages,
+)
+from ._tools import format_tools
 
 StructuredMethod = Literal["function_calling", "json_mode", "json_schema"]
 
@@ -54,6 +58,8 @@ class ChatRKLLM(RKLLMParams, BaseChatModel):
     Tools use the Qwen / Hermes ``<tool_call>`` convention (rendered by the model's chat
     template, or described in the system turn when the template has no tools support);
     ``tool_choice`` other than ``auto`` is enforced by starting the answer with the call.
+    The reply (tool calls, forced calls, JSON answers, the deadline) is decided by
+    :meth:`rkllm_core.RKLLMModel.stream`; this class translates messages and results.
     """
 
     model_config = ConfigDict(populate_by_name=True, protected_namespaces=(), extra="forbid")
@@ -107,84 +113,46 @@ class ChatRKLLM(RKLLMParams, BaseChatModel):
 
     def _prepare(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-    ) -> tuple[RKLLMModel, Plan, dict[str, Any], str]:
+    ) -> tuple[RKLLMModel, list[dict[str, Any]], dict[str, Any], str]:
+        """Translate one call: LangChain messages and arguments → the core's."""
         kwargs = dict(kwargs)
         name = kwargs.pop("model", None) or self.model
         tools = kwargs.pop("tools", None)
-        tool_choice = kwargs.pop("tool_choice", None)
-        response_format = kwargs.pop("response_format", None)
+        reply = {
+            "tools": format_tools(tools) if tools else None,
+            "tool_choice": kwargs.pop("tool_choice", None),
+            "response_format": kwargs.pop("response_format", None),
+        }
         kwargs.pop("ls_structured_output_format", None)
-        sampling = self._call_sampling(stop, kwargs)
+        options = self._call_options(stop, kwargs)
         check_no_unknown(kwargs, type(self).__name__)
-        model = self._get_model(name)
-        plan = make_plan(
-            model,
-            to_core_messages(messages),
-            format_tools(tools) if tools else None,
-            tool_choice,
-            response_format,
-        )
-        return model, plan, sampling, name
-
-    def _final_chunk(
-        self, assembler: Assembler, result: GenerationResult, name: str
-    ) -> ChatGenerationChunk:
-        outcome = assembler.finish(result)
-        message = AIMessageChunk(
-            content=_remainder(outcome.content, assembler),
-            tool_calls=lc_tool_calls(outcome.tool_calls),
-            invalid_tool_calls=lc_invalid_tool_calls(outcome.invalid_tool_calls),
-            usage_metadata=_usage(result),
-            response_metadata=_response_metadata(result, outcome, name),
-            chunk_position="last",
-        )
-        return ChatGenerationChunk(message=message)
+        return self._get_model(name), to_core_messages(messages), {**reply, **options}, name
 
     def _iterate(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> Iterator[ChatGenerationChunk]:
-        model, plan, sampling, name = self._prepare(messages, stop, kwargs)
-        assembler = Assembler(plan)
-        deadline = Deadline(self.timeout)
-        stream = _start(plan, sampling, model.stream)
+        model, core_messages, options, name = self._prepare(messages, stop, kwargs)
+        stream = model.stream(core_messages, **options)
         try:
             for piece in stream:
-                text = assembler.push(piece.text)
-                if text:
-                    yield ChatGenerationChunk(message=AIMessageChunk(content=text))
-                if assembler.complete:
-                    stream.abort()
-                    break
-                if deadline.expired():
-                    stream.abort()
-                    raise TimeoutError(f"generation took longer than timeout={self.timeout}s")
+                yield ChatGenerationChunk(message=AIMessageChunk(content=piece.text))
             result = stream.result
         finally:
             stream.close()  # no-op when finished; cancels when the caller stopped early
-        yield self._final_chunk(assembler, result, name)
+        yield _final_chunk(result, name)
 
     async def _aiterate(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> AsyncIterator[ChatGenerationChunk]:
-        model, plan, sampling, name = self._prepare(messages, stop, kwargs)
-        assembler = Assembler(plan)
-        deadline = Deadline(self.timeout)
-        stream = _start(plan, sampling, model.astream)
+        model, core_messages, options, name = self._prepare(messages, stop, kwargs)
+        stream = model.astream(core_messages, **options)
         try:
             async for piece in stream:
-                text = assembler.push(piece.text)
-                if text:
-                    yield ChatGenerationChunk(message=AIMessageChunk(content=text))
-                if assembler.complete:
-                    stream.abort()
-                    break
-                if deadline.expired():
-                    stream.abort()
-                    raise TimeoutError(f"generation took longer than timeout={self.timeout}s")
+                yield ChatGenerationChunk(message=AIMessageChunk(content=piece.text))
             result = await stream.aresult()
         finally:
             await stream.aclose()
-        yield self._final_chunk(assembler, result, name)
+        yield _final_chunk(result, name)
 
     # --- BaseChatModel hooks --------------------------------------------------------------
 
@@ -321,39 +289,21 @@ class ChatRKLLM(RKLLMParams, BaseChatModel):
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _start(plan: Plan, sampling: dict[str, Any], stream: Callable[..., Any]) -> Any:
-    """Submit the request; only the auto-tools mode lets the core parse tool calls."""
-    return stream(plan.prompt, tools=plan.tools if plan.mode == "tools" else None, **sampling)
-
-
-def _remainder(content: str, assembler: Assembler) -> str:
-    """The part of the final content not streamed yet."""
-    streamed = assembler.streamed
-    if not streamed:
-        return content
-    if content.startswith(streamed):
-        return content[len(streamed):]
-    head = streamed.strip()
-    body = content.strip()
-    return body[len(head):] if body.startswith(head) else ""
-
-
-def _usage(result: GenerationResult) -> UsageMetadata:
-    return UsageMetadata(
-        input_tokens=result.usage.prompt_tokens,
-        output_tokens=result.usage.completion_tokens,
-        total_tokens=result.usage.total_tokens,
+def _final_chunk(result: GenerationResult, name: str) -> ChatGenerationChunk:
+    """The last chunk: no new content (the core streamed it all), the calls and the usage."""
+    message = AIMessageChunk(
+        content="",
+        tool_calls=lc_tool_calls(result.tool_calls),
+        invalid_tool_calls=lc_invalid_tool_calls(result.invalid_tool_calls),
+        usage_metadata=UsageMetadata(
+            input_tokens=result.usage.prompt_tokens,
+            output_tokens=result.usage.completion_tokens,
+            total_tokens=result.usage.total_tokens,
+        ),
+        response_metadata=response_metadata(result, name),
+        chunk_position="last",
     )
-
-
-def _response_metadata(result: GenerationResult, outcome: Outcome, name: str) -> dict[str, Any]:
-    return {
-        "model_name": name,
-        "model": result.model,
-        "model_provider": "rkllm",
-        "finish_reason": outcome.finish_reason,
-        **perf_metadata(result.perf),
-    }
+    return ChatGenerationChunk(message=message)
 
 
 def _to_result(chunks: list[ChatGenerationChunk]) -> ChatResult:

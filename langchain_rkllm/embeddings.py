@@ -8,7 +8,8 @@ from typing import Any, Literal
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from rkllm_core import EmbeddingConfig, RKLLMModel, RuntimeConfig, shared_model
+from rkllm_core import EmbeddingConfig, RKLLMModel, RuntimeConfig, load_shared
+from rkllm_core.sharing import runtime_config_with
 
 
 class RKLLMEmbeddings(BaseModel, Embeddings):
@@ -62,10 +63,7 @@ class RKLLMEmbeddings(BaseModel, Embeddings):
         return self
 
     def _runtime_config(self) -> RuntimeConfig:
-        values = dict(self.runtime_config)
-        if self.max_context_len is not None:
-            values["max_context_len"] = self.max_context_len
-        return RuntimeConfig(**values)
+        return runtime_config_with(self.runtime_config, self.max_context_len)
 
     def _overrides(self) -> dict[str, Any]:
         names = ("strategy", "pooling", "normalize", "query_instruction", "batch_size",
@@ -73,13 +71,17 @@ class RKLLMEmbeddings(BaseModel, Embeddings):
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     @property
-    def client(self) -> RKLLMModel:
+    def core_model(self) -> RKLLMModel:
         """The underlying shared :class:`rkllm_core.RKLLMModel` (loaded on first access)."""
         if self._loaded is None or self._loaded.closed:
-            self._loaded = shared_model(
-                self.model, self._runtime_config(), backend=self.backend, **self.engine_options
-            )
+            self._loaded = load_shared(self.model, runtime_config=self._runtime_config(),
+                                       backend=self.backend, engine_options=self.engine_options)
         return self._loaded
+
+    @property
+    def client(self) -> RKLLMModel:
+        """Another name of :attr:`core_model` (LangChain integrations call it ``client``)."""
+        return self.core_model
 
     def _batch_size(self, model: RKLLMModel) -> int:
         return self.batch_size or model.embedding_config.batch_size

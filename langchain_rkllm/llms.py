@@ -12,7 +12,7 @@ from pydantic import ConfigDict
 
 from rkllm_core import GenerationResult
 
-from ._common import Deadline, RKLLMParams, check_no_unknown, perf_metadata
+from ._common import RKLLMParams, check_no_unknown
 
 
 class RKLLM(RKLLMParams, LLM):
@@ -47,9 +47,9 @@ class RKLLM(RKLLMParams, LLM):
     def _open(self, stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[Any, dict, str]:
         kwargs = dict(kwargs)
         name = kwargs.pop("model", None) or self.model
-        sampling = self._call_sampling(stop, kwargs)
+        options = self._call_options(stop, kwargs)
         check_no_unknown(kwargs, type(self).__name__)
-        return self._get_model(name), sampling, name
+        return self._get_model(name), options, name
 
     def _stream(
         self,
@@ -58,18 +58,14 @@ class RKLLM(RKLLMParams, LLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        model, sampling, name = self._open(stop, kwargs)
-        deadline = Deadline(self.timeout)
-        stream = model.stream(prompt, **sampling)
+        model, options, name = self._open(stop, kwargs)
+        stream = model.stream(prompt, **options)
         try:
             for piece in stream:
                 chunk = GenerationChunk(text=piece.text)
                 if run_manager:
                     run_manager.on_llm_new_token(piece.text, chunk=chunk)
                 yield chunk
-                if deadline.expired():
-                    stream.abort()
-                    raise TimeoutError(f"generation took longer than timeout={self.timeout}s")
             result = stream.result
         finally:
             stream.close()
@@ -82,18 +78,14 @@ class RKLLM(RKLLMParams, LLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        model, sampling, name = self._open(stop, kwargs)
-        deadline = Deadline(self.timeout)
-        stream = model.astream(prompt, **sampling)
+        model, options, name = self._open(stop, kwargs)
+        stream = model.astream(prompt, **options)
         try:
             async for piece in stream:
                 chunk = GenerationChunk(text=piece.text)
                 if run_manager:
                     await run_manager.on_llm_new_token(piece.text, chunk=chunk)
                 yield chunk
-                if deadline.expired():
-                    stream.abort()
-                    raise TimeoutError(f"generation took longer than timeout={self.timeout}s")
             result = await stream.aresult()
         finally:
             await stream.aclose()
@@ -145,17 +137,8 @@ class RKLLM(RKLLMParams, LLM):
 
 
 def _info(result: GenerationResult, name: str) -> dict[str, Any]:
-    return {
-        "model_name": name,
-        "model": result.model,
-        "finish_reason": result.finish_reason,
-        "usage": {
-            "prompt_tokens": result.usage.prompt_tokens,
-            "completion_tokens": result.usage.completion_tokens,
-            "total_tokens": result.usage.total_tokens,
-        },
-        **perf_metadata(result.perf),
-    }
+    meta = result.metadata()
+    return {"model_name": name, **{k: v for k, v in meta.items() if k != "perf"}, **meta["perf"]}
 
 
 def _llm_output(generations: list[list[Generation]], name: str) -> dict[str, Any]:

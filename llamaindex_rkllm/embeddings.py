@@ -7,9 +7,7 @@ from typing import Any, Literal
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
-from rkllm_core import EmbeddingConfig, RKLLMModel, RuntimeConfig
-
-from ._loading import load_model
+from rkllm_core import EmbeddingConfig, RKLLMModel, RuntimeConfig, load_shared
 
 # LlamaIndex hands _get_text_embeddings this many texts at a time. Larger than the core's
 # forward batch on purpose: the core sorts each call's texts by length before cutting its own
@@ -71,12 +69,12 @@ class RKLLMEmbedding(BaseEmbedding):
         loaded = model if isinstance(model, RKLLMModel) else None
         name = loaded.info.model_path if loaded is not None else str(model)
         super().__init__(model=name, **kwargs)
-        self._model = loaded or load_model(
+        self._model = loaded or load_shared(
             self.model,
-            self.runtime_config,
-            self.context_window,
-            self.backend,
-            self.engine_options,
+            runtime_config=self.runtime_config,
+            max_context_len=self.context_window,
+            backend=self.backend,
+            engine_options=self.engine_options,
         )
         self.model_name = self._model.info.model_name
         self._overrides = {

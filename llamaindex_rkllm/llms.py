@@ -1,12 +1,14 @@
 """``RKLLM``: a LlamaIndex LLM over an RKLLM model (NPU on the board, PC engine elsewhere).
 
-Differences from a ``CustomLLM`` wrapper, on purpose:
+The reply (tool calls, forced tool calls, JSON answers, the deadline) is decided by the core
+(:meth:`rkllm_core.RKLLMModel.stream`), exactly as for LangChain's ChatRKLLM; this module only
+translates LlamaIndex messages and arguments to the core's and results back. Also:
 
+- the model loads on first use, through the one shared loader (:func:`rkllm_core.load_shared`);
+- completion derives from chat (one user turn in the model's own chat template), unless the
+  prompt is ``formatted`` or a custom ``completion_to_prompt`` / ``messages_to_prompt`` is set;
 - the async methods use the core's async streams, so they never block the event loop;
-- chats are rendered with the model's own chat template (not a generic "role: content" one),
-  unless the user passes ``messages_to_prompt`` / ``completion_to_prompt`` explicitly;
-- per-call kwargs (``max_tokens``, ``temperature``, ``stop``, ``seed`` …) reach the sampler, and
-  an unknown kwarg is an error rather than silently ignored;
+- unknown fields and per-call arguments are errors, never silently ignored;
 - token usage and perf stats are in every response's ``raw`` and ``additional_kwargs``.
 """
 
@@ -34,24 +36,22 @@ from llama_index.core.base.llms.types import (
     ThinkingBlock,
     ToolCallBlock,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection, default_completion_to_prompt
+from llama_index.core.types import PydanticProgramMode
+from pydantic import AliasChoices
 
-from rkllm_core import GenerationResult, RKLLMModel, RuntimeConfig, SamplingParams
-
-from ._loading import load_model
+from rkllm_core import GenerationResult, RKLLMModel, RuntimeConfig, SamplingParams, load_shared
+from rkllm_core.config import SamplingFields, sampling_defaults
 
 if TYPE_CHECKING:
+    from llama_index.core.prompts import BasePromptTemplate
     from llama_index.core.tools.types import BaseTool
+    from pydantic import BaseModel
 
 log = logging.getLogger(__name__)
-
-# Per-call kwargs that go to the sampler under their own name.
-_SAMPLING_KWARGS = frozenset(SamplingParams.model_fields) - {"max_new_tokens"}
-# LlamaIndex / OpenAI spellings of the same thing.
-_ALIASES = {"max_tokens": "max_new_tokens", "max_new_tokens": "max_new_tokens"}
 
 _ROLE_MAP: dict[str, str] = {
     MessageRole.SYSTEM.value: "system",
@@ -63,71 +63,34 @@ _ROLE_MAP: dict[str, str] = {
     MessageRole.TOOL.value: "tool",
     MessageRole.FUNCTION.value: "tool",
 }
-
-# Used when the model's chat template cannot render a tool list itself: the same
-# <tool_call> convention the core parses, described in a system message.
-_TOOLS_PREAMBLE = (
-    "You can call the following tools. Their signatures are JSON schemas:\n<tools>\n{tools}\n"
-    "</tools>\nTo call a tool, answer with one line per call:\n"
-    '<tool_call>{{"name": <tool name>, "arguments": <arguments as a JSON object>}}</tool_call>'
-)
-_TOOL_REQUIRED = "You must answer with a tool call."
+# Per-call arguments about the reply (the rest are sampling arguments).
+_REPLY_ARGS = ("tools", "tool_choice", "response_format", "timeout")
 
 
-class _ToolMarkupGate:
-    """Holds back streamed text from the first ``<tool_call>`` on, when tools were offered.
-
-    The calls themselves arrive parsed in the final chunk; streaming their JSON as answer
-    text would show agents' users raw markup. A partial tag at the end of a piece is kept
-    until the next piece tells whether it is one.
-    """
-
-    TAG = "<tool_call>"
-
-    def __init__(self, active: bool) -> None:
-        self.active = active
-        self._pending = ""
-        self._closed = False
-
-    def push(self, text: str) -> str:
-        if not self.active:
-            return text
-        if self._closed:
-            return ""
-        pending = self._pending + text
-        index = pending.find(self.TAG)
-        if index >= 0:
-            self._closed, self._pending = True, ""
-            return pending[:index]
-        keep = next(
-            (
-                n
-                for n in range(min(len(pending), len(self.TAG) - 1), 0, -1)
-                if self.TAG.startswith(pending[-n:])
-            ),
-            0,
-        )
-        self._pending = pending[len(pending) - keep :]
-        return pending[: len(pending) - keep]
-
-    def flush(self) -> str:
-        """Text held back at the end that turned out not to be a tag."""
-        tail, self._pending = self._pending, ""
-        return tail
-
-
-class RKLLM(FunctionCallingLLM):
+class RKLLM(SamplingFields, FunctionCallingLLM):  # type: ignore[misc,valid-type]
     """LlamaIndex LLM for Rockchip RKLLM models (``.rkllm`` on the NPU, GGUF/HF on a PC).
 
     >>> from llamaindex_rkllm import RKLLM
-    >>> llm = RKLLM(model="smollm2", max_new_tokens=64)
+    >>> llm = RKLLM(model="smollm2", max_tokens=64)
     >>> print(llm.complete("Name a colour.").text)
 
-    The model is loaded through :func:`rkllm_core.shared_model`, so an :class:`RKLLMEmbedding`
-    (or a LangChain class) pointing at the same file and runtime config uses the same copy.
-    Sampling fields left at ``None`` take the model's :class:`~rkllm_core.RuntimeConfig` value
-    (greedy ``top_k=1`` by default, as in Rockchip's demo).
+    The model is loaded on first use through :func:`rkllm_core.load_shared`, so an
+    :class:`RKLLMEmbedding` (or a LangChain class) pointing at the same file and runtime config
+    uses the same copy. Sampling fields (declared once in the core, with its bounds) left at
+    ``None`` take the model's :class:`~rkllm_core.RuntimeConfig` value (greedy ``top_k=1`` by
+    default, as in Rockchip's demo); ``max_new_tokens`` is accepted for ``max_tokens``.
+
+    Function calling (``chat_with_tools``, agents) uses the Qwen / Hermes ``<tool_call>``
+    convention; ``tool_required`` / ``tool_choice`` force the call by starting it for the
+    model. ``structured_predict`` / ``as_structured_llm`` answer with a JSON object started
+    for the model from the output class's schema. ``json_mode=True`` makes every answer a
+    JSON object.
     """
+
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, protected_namespaces=(),
+        arbitrary_types_allowed=True,
+    )
 
     model: str = Field(
         default="smollm2",
@@ -136,24 +99,26 @@ class RKLLM(FunctionCallingLLM):
     backend: Literal["auto", "npu", "pc"] = Field(
         default="auto", description="'npu' for .rkllm files, 'pc' otherwise ('auto' picks)."
     )
-    runtime_config: RuntimeConfig | None = Field(
+    runtime_config: RuntimeConfig | dict[str, Any] | None = Field(
         default=None,
         description="Runtime parameters the model is loaded with (None: the defaults, shared).",
     )
-    context_window: int | None = Field(
+    max_context_len: int | None = Field(
         default=None,
         gt=0,
-        description="Load with this max_context_len (None: the runtime config's).",
+        validation_alias=AliasChoices("max_context_len", "context_window"),
+        description="Load with this context window (None: the runtime config's).",
     )
-    max_new_tokens: int | None = Field(
-        default=None, gt=0, description="Tokens generated per call (None: runtime config's)."
-    )
-    temperature: float | None = Field(default=None, ge=0.0)
-    top_k: int | None = Field(default=None, ge=0, description="1 = greedy; 0 = no filter.")
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    repeat_penalty: float | None = Field(default=None, gt=0.0)
-    seed: int | None = Field(default=None, description="Sampling seed (reproducible output).")
     stop: list[str] | None = Field(default=None, description="Stop strings (not in output).")
+    timeout: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="Seconds a call may take, time waiting for the model included (the core's"
+        " deadline: a queued call past it never runs, a running one is stopped).",
+    )
+    json_mode: bool = Field(
+        default=False, description="Answer every chat / completion with a JSON object."
+    )
     generate_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Further SamplingParams fields used on every call."
     )
@@ -161,21 +126,19 @@ class RKLLM(FunctionCallingLLM):
         default_factory=dict, description="Options for the engine (e.g. tokenizer=<dir>)."
     )
 
-    _model: RKLLMModel = PrivateAttr()
+    _model: RKLLMModel | None = PrivateAttr(default=None)
 
     def __init__(self, model: str | RKLLMModel = "smollm2", **kwargs: Any) -> None:
         loaded = model if isinstance(model, RKLLMModel) else None
         name = loaded.info.model_path if loaded is not None else str(model)
         super().__init__(model=name, **kwargs)
-        # validate the defaults once, here, so a typo fails at construction
-        SamplingParams(**self._default_sampling())
-        self._model = loaded or load_model(
-            self.model,
-            self.runtime_config,
-            self.context_window,
-            self.backend,
-            self.engine_options,
-        )
+        self._model = loaded
+
+    @model_validator(mode="after")
+    def _check_sampling(self) -> RKLLM:
+        # a typo or a bad value fails at construction, not at the first call
+        SamplingParams.merge(self.generate_kwargs, self._default_sampling())
+        return self
 
     @classmethod
     def class_name(cls) -> str:
@@ -183,22 +146,28 @@ class RKLLM(FunctionCallingLLM):
 
     @property
     def core_model(self) -> RKLLMModel:
-        """The loaded :class:`rkllm_core.RKLLMModel` (shared with other classes)."""
+        """The :class:`rkllm_core.RKLLMModel` (loaded on first access, shared)."""
+        if self._model is None or self._model.closed:
+            self._model = load_shared(
+                self.model, runtime_config=self.runtime_config,
+                max_context_len=self.max_context_len, backend=self.backend,
+                engine_options=self.engine_options,
+            )
         return self._model
 
     @property
     def metadata(self) -> LLMMetadata:
-        info = self._model.info
-        config = self._model.config
+        model = self.core_model
+        info, config = model.info, model.config
         # the usable window is what the model was loaded with, never more than it was trained on
         window = config.max_context_len
         if info.context_length:
             window = min(window, info.context_length)
         return LLMMetadata(
             context_window=window,
-            num_output=self.max_new_tokens or config.max_new_tokens,
+            num_output=self.max_tokens or config.max_new_tokens,
             is_chat_model=True,
-            is_function_calling_model=self._model.renderer.supports_tools,
+            is_function_calling_model=model.renderer.supports_tools,
             model_name=info.model_name,
             system_role=MessageRole.SYSTEM,
         )
@@ -206,103 +175,157 @@ class RKLLM(FunctionCallingLLM):
     # --- request building -------------------------------------------------------------
 
     def _default_sampling(self) -> dict[str, Any]:
-        values: dict[str, Any] = dict(self.generate_kwargs)
-        for name in (
-            "max_new_tokens",
-            "temperature",
-            "top_k",
-            "top_p",
-            "repeat_penalty",
-            "seed",
-            "stop",
-        ):
-            value = getattr(self, name)
-            if value is not None:
-                values[name] = value
+        values = sampling_defaults(self)
+        if self.stop is not None:
+            values["stop"] = self.stop
         return values
 
-    def _sampling(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        """Per-call kwargs over the instance defaults, as SamplingParams fields."""
-        values = self._default_sampling()
-        unknown = []
-        for key, value in kwargs.items():
-            if key in _ALIASES:
-                if value is not None:
-                    values[_ALIASES[key]] = value
-            elif key in _SAMPLING_KWARGS:
-                values[key] = value
-            else:
-                unknown.append(key)
+    def _options(self, kwargs: dict[str, Any], *, chat: bool) -> dict[str, Any]:
+        """Core keyword arguments of one call: the reply's, then sampling merged by the core."""
+        kwargs = dict(kwargs)
+        tools = kwargs.pop("tools", None) or None
+        tool_required = bool(kwargs.pop("tool_required", False))
+        kwargs.pop("allow_parallel_tool_calls", None)  # read by the response check only
+        tool_choice = kwargs.pop("tool_choice", None)
+        if tool_required and tool_choice in (None, "auto"):
+            tool_choice = "required"
+        response_format = kwargs.pop("response_format", None)
+        if response_format is None and self.json_mode and not tools:
+            response_format = {"type": "json_object"}
+        timeout = kwargs.pop("timeout", None) or self.timeout
+        unknown = sorted(k for k in kwargs if k not in SamplingParams.names())
         if unknown:
             raise ValueError(
-                f"RKLLM does not understand {sorted(unknown)}; per-call options are"
-                f" max_tokens and {sorted(_SAMPLING_KWARGS)}"
+                f"RKLLM does not understand {unknown}; per-call options are"
+                f" {sorted(SamplingParams.names())}, {list(_REPLY_ARGS)} and, for chat,"
+                " tool_required"
             )
-        SamplingParams(**values)  # fail here, before anything is queued
-        return values
+        sampling = SamplingParams.merge(self.generate_kwargs, self._default_sampling(), kwargs)
+        del chat
+        return {
+            "tools": tools,
+            "tool_choice": tool_choice if tools else None,
+            "response_format": response_format,
+            "timeout": timeout,
+            **sampling.model_dump(exclude_unset=True),
+        }
+
+    def _chat_prompt(self, messages: Sequence[ChatMessage]) -> str | list[dict[str, Any]]:
+        if self.messages_to_prompt is not generic_messages_to_prompt:
+            return self.messages_to_prompt(messages)
+        return [to_core_message(m) for m in messages]
 
     def _completion_prompt(self, prompt: str, formatted: bool) -> str | list[dict[str, Any]]:
+        """A completion is one user turn of a chat, unless the prompt is already formatted."""
         if formatted:
             return prompt  # already in the model's format: sent as is
         if self.completion_to_prompt is not default_completion_to_prompt:
             return self.completion_to_prompt(prompt)
-        messages = [{"role": "user", "content": prompt}]
+        messages = [ChatMessage(role=MessageRole.USER, content=prompt)]
         if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
-        return messages
+            messages.insert(0, ChatMessage(role=MessageRole.SYSTEM, content=self.system_prompt))
+        return self._chat_prompt(messages)
 
-    def _chat_prompt(
-        self,
-        messages: Sequence[ChatMessage],
-        tools: Sequence[Mapping[str, Any]] | None,
-        tool_required: bool,
-    ) -> str | list[dict[str, Any]]:
-        if self.messages_to_prompt is not generic_messages_to_prompt:
-            return self.messages_to_prompt(messages)
-        converted = [to_core_message(m) for m in messages]
-        notes = []
-        if tools and not self._model.renderer.supports_tools:
-            specs = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
-            notes.append(_TOOLS_PREAMBLE.format(tools=specs))
-        if tools and tool_required:
-            notes.append(_TOOL_REQUIRED)
-        if notes:
-            converted = _with_system_note(converted, "\n\n".join(notes))
-        return converted
+    # --- the one request path (chat); completion derives from it ---------------------------
 
-    # --- completion ---------------------------------------------------------------------
+    def _chat(self, prompt: str | list[dict[str, Any]], kwargs: dict[str, Any]) -> ChatResponse:
+        return _chat_response(self.core_model.generate(prompt, **self._options(kwargs, chat=True)))
+
+    async def _achat(
+        self, prompt: str | list[dict[str, Any]], kwargs: dict[str, Any]
+    ) -> ChatResponse:
+        options = self._options(kwargs, chat=True)
+        return _chat_response(await self.core_model.agenerate(prompt, **options))
+
+    def _stream_chat(
+        self, prompt: str | list[dict[str, Any]], kwargs: dict[str, Any]
+    ) -> ChatResponseGen:
+        options = self._options(kwargs, chat=True)  # errors now, not at the first next()
+        model = self.core_model
+
+        def gen() -> Generator[ChatResponse, None, None]:
+            stream = model.stream(prompt, **options)
+            text = ""
+            try:
+                for chunk in stream:
+                    text += chunk.text
+                    yield _text_chunk(text, chunk.text)
+                result = stream.result
+            finally:
+                # a consumer that stops early (break, close, GC) cancels the request
+                stream.close()
+            yield _chat_response(result, delta="")
+
+        return gen()
+
+    def _astream_chat(
+        self, prompt: str | list[dict[str, Any]], kwargs: dict[str, Any]
+    ) -> ChatResponseAsyncGen:
+        options = self._options(kwargs, chat=True)
+        model = self.core_model
+
+        async def gen() -> AsyncGenerator[ChatResponse, None]:
+            stream = model.astream(prompt, **options)
+            text = ""
+            try:
+                async for chunk in stream:
+                    text += chunk.text
+                    yield _text_chunk(text, chunk.text)
+                result = await stream.aresult()
+            finally:
+                await stream.aclose()
+            yield _chat_response(result, delta="")
+
+        return gen()
+
+    # --- chat -------------------------------------------------------------------------------
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """Chat, rendered with the model's own chat template."""
+        return self._chat(self._chat_prompt(messages), kwargs)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        """Stream the chat answer; the last item (empty delta) carries usage and tool calls.
+
+        With ``tools``, tool-call markup (tagged or bare JSON) is never streamed as answer
+        text: the parsed calls are ``ToolCallBlock`` s of the last item's message.
+        """
+        return self._stream_chat(self._chat_prompt(messages), kwargs)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """Async :meth:`chat`; never blocks the event loop."""
+        return await self._achat(self._chat_prompt(messages), kwargs)
+
+    @llm_chat_callback()
+    async def astream_chat(
+        self, messages: Sequence[ChatMessage], **kwargs: Any
+    ) -> ChatResponseAsyncGen:
+        """Async :meth:`stream_chat`; cancelling the consumer cancels the request."""
+        return self._astream_chat(self._chat_prompt(messages), kwargs)
+
+    # --- completion: chat with one user turn -----------------------------------------------
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        """Complete ``prompt`` (wrapped as a user turn in the chat template unless formatted)."""
-        params = self._sampling(kwargs)
-        result = self._model.generate(self._completion_prompt(prompt, formatted), **params)
-        return CompletionResponse(
-            text=result.text, raw=_raw(result), additional_kwargs=_usage(result)
-        )
+        """Complete ``prompt`` (a user turn in the chat template unless ``formatted``)."""
+        return _completion(self._chat(self._completion_prompt(prompt, formatted), kwargs))
 
     @llm_completion_callback()
     def stream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseGen:
         """Stream the completion; the last item (empty delta) carries usage in ``raw``."""
-        params = self._sampling(kwargs)
-        request = self._completion_prompt(prompt, formatted)
+        chats = self._stream_chat(self._completion_prompt(prompt, formatted), kwargs)
 
         def gen() -> Generator[CompletionResponse, None, None]:
-            stream = self._model.stream(request, **params)
-            text = ""
             try:
-                for chunk in stream:
-                    text += chunk.text
-                    yield CompletionResponse(text=text, delta=chunk.text)
-                result = stream.result
+                for response in chats:
+                    yield _completion(response)
             finally:
-                # a consumer that stops early (break, close, GC) cancels the request
-                stream.close()
-            yield CompletionResponse(
-                text=result.text, delta="", raw=_raw(result), additional_kwargs=_usage(result)
-            )
+                chats.close()
 
         return gen()
 
@@ -311,118 +334,68 @@ class RKLLM(FunctionCallingLLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
         """Async :meth:`complete`; waits on the core's async stream, not on a thread."""
-        params = self._sampling(kwargs)
-        result = await self._model.agenerate(self._completion_prompt(prompt, formatted), **params)
-        return CompletionResponse(
-            text=result.text, raw=_raw(result), additional_kwargs=_usage(result)
-        )
+        return _completion(await self._achat(self._completion_prompt(prompt, formatted), kwargs))
 
     @llm_completion_callback()
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         """Async :meth:`stream_complete`; cancelling the consumer cancels the request."""
-        params = self._sampling(kwargs)
-        request = self._completion_prompt(prompt, formatted)
+        chats = self._astream_chat(self._completion_prompt(prompt, formatted), kwargs)
 
         async def gen() -> AsyncGenerator[CompletionResponse, None]:
-            stream = self._model.astream(request, **params)
-            text = ""
             try:
-                async for chunk in stream:
-                    text += chunk.text
-                    yield CompletionResponse(text=text, delta=chunk.text)
-                result = await stream.aresult()
+                async for response in chats:
+                    yield _completion(response)
             finally:
-                await stream.aclose()
-            yield CompletionResponse(
-                text=result.text, delta="", raw=_raw(result), additional_kwargs=_usage(result)
-            )
+                await chats.aclose()
 
         return gen()
 
-    # --- chat -------------------------------------------------------------------------------
+    # --- structured output -------------------------------------------------------------------
 
-    def _chat_request(
-        self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
-    ) -> tuple[str | list[dict[str, Any]], dict[str, Any]]:
-        tools = kwargs.pop("tools", None) or None
-        tool_required = bool(kwargs.pop("tool_required", False))
-        # only meaningful to the response check in chat_with_tools
-        kwargs.pop("allow_parallel_tool_calls", None)
-        params = self._sampling(kwargs)
-        prompt = self._chat_prompt(messages, tools, tool_required)
-        if tools:
-            params["tools"] = list(tools)
-        return prompt, params
+    def _structured_messages(
+        self, prompt: BasePromptTemplate, prompt_args: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        messages = self._extend_messages(prompt.format_messages(llm=self, **prompt_args))
+        return [to_core_message(m) for m in messages]
 
-    @llm_chat_callback()
-    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        """Chat, rendered with the model's own chat template."""
-        prompt, params = self._chat_request(messages, dict(kwargs))
-        return _chat_response(self._model.generate(prompt, **params))
+    def _schema_format(self, output_cls: type[BaseModel]) -> dict[str, Any]:
+        return {"type": "json_schema", "schema": output_cls.model_json_schema()}
 
-    @llm_chat_callback()
-    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        """Stream the chat answer; the last item (empty delta) carries usage and tool calls.
+    def structured_predict(  # type: ignore[override]
+        self,
+        output_cls: type[BaseModel],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> BaseModel:
+        """An ``output_cls`` instance: the answer is a JSON object that the core starts for
+        the model from the class's schema (its first required key), then validated.
 
-        With ``tools``, text from a ``<tool_call>`` tag on is not streamed as answer text: the
-        parsed calls are ``ToolCallBlock`` s of the last item's message.
+        With ``pydantic_program_mode`` other than DEFAULT, LlamaIndex's own programs run.
         """
-        prompt, params = self._chat_request(messages, dict(kwargs))
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            return super().structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+        kwargs = {**(llm_kwargs or {}), "response_format": self._schema_format(output_cls)}
+        response = self._chat(self._structured_messages(prompt, prompt_args), kwargs)
+        return output_cls.model_validate_json(response.message.content or "")
 
-        def gen() -> Generator[ChatResponse, None, None]:
-            stream = self._model.stream(prompt, **params)
-            gate = _ToolMarkupGate(bool(params.get("tools")))
-            text = ""
-            try:
-                for chunk in stream:
-                    delta = gate.push(chunk.text)
-                    if delta:
-                        text += delta
-                        yield _text_chunk(text, delta)
-                if tail := gate.flush():
-                    text += tail
-                    yield _text_chunk(text, tail)
-                result = stream.result
-            finally:
-                stream.close()
-            yield _chat_response(result, delta="")
-
-        return gen()
-
-    @llm_chat_callback()
-    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        """Async :meth:`chat`; never blocks the event loop."""
-        prompt, params = self._chat_request(messages, dict(kwargs))
-        return _chat_response(await self._model.agenerate(prompt, **params))
-
-    @llm_chat_callback()
-    async def astream_chat(
-        self, messages: Sequence[ChatMessage], **kwargs: Any
-    ) -> ChatResponseAsyncGen:
-        """Async :meth:`stream_chat`; cancelling the consumer cancels the request."""
-        prompt, params = self._chat_request(messages, dict(kwargs))
-
-        async def gen() -> AsyncGenerator[ChatResponse, None]:
-            stream = self._model.astream(prompt, **params)
-            gate = _ToolMarkupGate(bool(params.get("tools")))
-            text = ""
-            try:
-                async for chunk in stream:
-                    delta = gate.push(chunk.text)
-                    if delta:
-                        text += delta
-                        yield _text_chunk(text, delta)
-                if tail := gate.flush():
-                    text += tail
-                    yield _text_chunk(text, tail)
-                result = await stream.aresult()
-            finally:
-                await stream.aclose()
-            yield _chat_response(result, delta="")
-
-        return gen()
+    async def astructured_predict(  # type: ignore[override]
+        self,
+        output_cls: type[BaseModel],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> BaseModel:
+        """Async :meth:`structured_predict`."""
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            return await super().astructured_predict(
+                output_cls, prompt, llm_kwargs, **prompt_args
+            )
+        kwargs = {**(llm_kwargs or {}), "response_format": self._schema_format(output_cls)}
+        response = await self._achat(self._structured_messages(prompt, prompt_args), kwargs)
+        return output_cls.model_validate_json(response.message.content or "")
 
     # --- function calling ---------------------------------------------------------------------
 
@@ -437,30 +410,17 @@ class RKLLM(FunctionCallingLLM):
         tool_choice: str | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """Messages and OpenAI-style tool specs for :meth:`chat` (the core renders them)."""
+        """Messages and OpenAI-style tool specs for :meth:`chat` (the core renders them and
+        forces the call when ``tool_required`` / ``tool_choice`` ask for one)."""
         specs = [t.metadata.to_openai_tool(skip_length_check=True) for t in tools]
-        choice = _tool_choice_name(tool_choice)
-        if choice == "none":
-            specs = []
-        elif choice in ("required", "any"):
-            tool_required = True
-        elif choice not in (None, "auto"):
-            # one named tool: offer only that one and ask for a call
-            specs = [s for s in specs if s["function"]["name"] == choice]
-            if not specs:
-                raise ValueError(f"tool_choice names {choice!r}, which is not among the tools")
-            tool_required = True
         messages = list(chat_history or [])
         if isinstance(user_msg, str):
             messages.append(ChatMessage(role=MessageRole.USER, content=user_msg))
         elif user_msg is not None:
             messages.append(user_msg)
-        return {
-            "messages": messages,
-            "tools": specs,
-            "tool_required": tool_required and bool(specs),
-            **kwargs,
-        }
+        if tool_required and tool_choice in (None, "auto"):
+            tool_choice = "required"
+        return {"messages": messages, "tools": specs, "tool_choice": tool_choice, **kwargs}
 
     def _validate_chat_with_tools_response(
         self,
@@ -577,55 +537,12 @@ def _legacy_call(call: Any) -> dict[str, Any]:
     }
 
 
-def _with_system_note(messages: list[dict[str, Any]], note: str) -> list[dict[str, Any]]:
-    if messages and messages[0]["role"] == "system":
-        first = dict(messages[0])
-        first["content"] = f"{first['content']}\n\n{note}" if first["content"] else note
-        return [first, *messages[1:]]
-    return [{"role": "system", "content": note}, *messages]
-
-
-def _tool_choice_name(choice: str | Mapping[str, Any] | None) -> str | None:
-    if choice is None or isinstance(choice, str):
-        return choice
-    function = choice.get("function")
-    if isinstance(function, Mapping) and function.get("name"):
-        return str(function["name"])
-    return str(choice.get("name") or choice.get("type") or "auto")
-
-
-def _usage(result: GenerationResult) -> dict[str, Any]:
-    return {
-        "prompt_tokens": result.usage.prompt_tokens,
-        "completion_tokens": result.usage.completion_tokens,
-        "total_tokens": result.usage.total_tokens,
-    }
-
-
-def _raw(result: GenerationResult) -> dict[str, Any]:
-    """Everything the core reports about the run (TokenCountingHandler reads ``usage``)."""
-    perf = result.perf
-    return {
-        "model": result.model,
-        "finish_reason": result.finish_reason,
-        "usage": _usage(result),
-        "perf": {
-            "prefill_ms": perf.prefill_ms,
-            "prefill_tokens": perf.prefill_tokens,
-            "decode_ms": perf.decode_ms,
-            "decode_tokens": perf.decode_tokens,
-            "memory_mb": perf.memory_mb,
-        },
-        "text": result.text,
-        "token_ids": list(result.token_ids),
-    }
-
-
 def _text_chunk(text: str, delta: str) -> ChatResponse:
     return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
 
 
 def _chat_response(result: GenerationResult, delta: str | None = None) -> ChatResponse:
+    """A core result as a LlamaIndex ChatResponse (content, tool calls, usage, perf)."""
     blocks: list[Any] = []
     if result.content or not result.tool_calls:
         blocks.append(TextBlock(text=result.content))
@@ -633,7 +550,8 @@ def _chat_response(result: GenerationResult, delta: str | None = None) -> ChatRe
         ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=dict(c.arguments))
         for c in result.tool_calls
     )
-    extra = _usage(result)
+    meta = result.metadata()
+    extra: dict[str, Any] = dict(meta["usage"])
     if result.invalid_tool_calls:
         extra["invalid_tool_calls"] = [
             {"raw": c.raw, "error": c.error, "name": c.name, "id": c.id}
@@ -642,6 +560,17 @@ def _chat_response(result: GenerationResult, delta: str | None = None) -> ChatRe
     return ChatResponse(
         message=ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks),
         delta=delta,
-        raw=_raw(result),
+        # everything the core reports (TokenCountingHandler reads ``usage``)
+        raw={**meta, "text": result.text, "token_ids": list(result.token_ids)},
         additional_kwargs=extra,
+    )
+
+
+def _completion(response: ChatResponse) -> CompletionResponse:
+    """A chat response as a completion response (the text, usage and raw report)."""
+    return CompletionResponse(
+        text=response.message.content or "",
+        delta=response.delta,
+        raw=response.raw,
+        additional_kwargs=dict(response.additional_kwargs),
     )

@@ -28,13 +28,32 @@ from .errors import (
     ModelClosedError,
     ModelFormatError,
     ModelNotFoundError,
+    RequestTimeoutError,
     RKLLMError,
     RuntimeLibraryError,
     RuntimeVersionError,
     ToolCallParseError,
 )
-from .model import RKLLMModel, shared_model
-from .results import GenerationResult, InvalidToolCall, StreamChunk, ToolCall, Usage
+from .model import RKLLMModel
+from .reply import (
+    Reply,
+    ReplyAssembler,
+    ReplyPlan,
+    normalize_tool_choice,
+    plan_reply,
+    response_schema,
+    tool_names,
+)
+from .results import (
+    GenerationResult,
+    InvalidToolCall,
+    ReplyFinishReason,
+    StreamChunk,
+    ToolCall,
+    Usage,
+    perf_dict,
+)
+from .sharing import load_shared, shared_model
 from .streams import AsyncTokenStream, TokenStream
 from .tools import parse_tool_calls
 
@@ -63,6 +82,11 @@ __all__ = [
     "PerfStats",
     "RKLLMError",
     "RKLLMModel",
+    "Reply",
+    "ReplyAssembler",
+    "ReplyFinishReason",
+    "ReplyPlan",
+    "RequestTimeoutError",
     "ResolvedSampling",
     "RuntimeConfig",
     "RuntimeLibraryError",
@@ -76,7 +100,13 @@ __all__ = [
     "__version__",
     "cache_dir",
     "fetch_model",
+    "load_shared",
     "normalize_messages",
+    "normalize_tool_choice",
     "parse_tool_calls",
+    "perf_dict",
+    "plan_reply",
+    "response_schema",
     "shared_model",
+    "tool_names",
 ]

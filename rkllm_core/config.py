@@ -6,10 +6,11 @@ defaults follow Rockchip's own demo (greedy ``top_k=1`` with a mild repeat penal
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AliasChoices,
     AllowInfNan,
     BaseModel,
     BeforeValidator,
@@ -155,8 +156,16 @@ class RuntimeConfig(_Strict):
         return len(self.enabled_cpus)
 
 
+# Other spellings of sampling fields (OpenAI, LangChain, LlamaIndex): declared once, here.
+SAMPLING_ALIASES: dict[str, str] = {"max_tokens": "max_new_tokens"}
+
+
 class SamplingParams(_Strict):
-    """Per-call overrides; ``None`` means "use the RuntimeConfig value"."""
+    """Per-call overrides; ``None`` means "use the RuntimeConfig value".
+
+    ``max_tokens`` is accepted as another name of ``max_new_tokens``. :meth:`merge` is the one
+    place where defaults and per-call values are combined.
+    """
 
     top_k: Int | None = Field(None, ge=0)
     top_p: Float | None = Field(None, gt=0.0, le=1.0)
@@ -167,9 +176,49 @@ class SamplingParams(_Strict):
     mirostat: Mirostat | None = None
     mirostat_tau: Float | None = Field(None, gt=0.0)
     mirostat_eta: Float | None = Field(None, gt=0.0)
-    max_new_tokens: Int | None = Field(None, gt=0)
+    max_new_tokens: Int | None = Field(
+        None, gt=0, validation_alias=AliasChoices("max_new_tokens", "max_tokens")
+    )
     stop: tuple[str, ...] = ()
     seed: Int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        """Every accepted keyword: the fields and their aliases."""
+        return frozenset(cls.model_fields) | frozenset(SAMPLING_ALIASES)
+
+    @classmethod
+    def merge(cls, *layers: SamplingParams | Mapping[str, Any] | None) -> SamplingParams:
+        """Combine layers of values, later layers winning (defaults first, the call last).
+
+        ``None`` values leave the earlier value in place; aliases (``max_tokens``) are
+        resolved; an unknown name or a bad value is a :class:`~rkllm_core.ConfigError` that
+        names it, raised before anything is queued.
+        """
+        values: dict[str, Any] = {}
+        for layer in layers:
+            if layer is None:
+                continue
+            if isinstance(layer, SamplingParams):
+                items = layer.model_dump(exclude_unset=True).items()
+            else:
+                items = layer.items()
+            seen: dict[str, tuple[str, Any]] = {}
+            for key, value in items:
+                name = SAMPLING_ALIASES.get(key, key)
+                if name not in cls.model_fields:
+                    raise ConfigError(
+                        f"unknown sampling argument {key!r}; valid: {sorted(cls.names())}"
+                    )
+                if value is None:
+                    continue
+                if name in seen and seen[name][1] != value:
+                    raise ConfigError(
+                        f"{seen[name][0]!r} and {key!r} are the same setting; pass one of them"
+                    )
+                seen[name] = (key, value)
+                values[name] = value
+        return cls(**values)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -247,3 +296,41 @@ class EmbeddingConfig(_Strict):
         if template.count("{text}") != 2:
             raise ValueError("echo_template must contain '{text}' exactly twice")
         return template
+
+
+def _adapter_sampling_fields() -> type[BaseModel]:
+    """SamplingParams' fields as framework-class fields: ``max_tokens`` (the frameworks'
+    name, ``max_new_tokens`` accepted too) and no ``stop`` (each framework has its own rule
+    for stop strings given twice)."""
+    from pydantic import create_model
+
+    fields: dict[str, Any] = {}
+    for name, info in SamplingParams.model_fields.items():
+        if name == "stop":
+            continue
+        copied = info._copy()  # the same type, bounds and description: declared once
+        if name == "max_new_tokens":
+            copied.validation_alias = AliasChoices("max_tokens", "max_new_tokens")
+            copied.description = "cap on generated tokens per call (max_new_tokens accepted)"
+            name = "max_tokens"
+        fields[name] = (info.annotation, copied)
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "SamplingFields",
+        __config__=ConfigDict(populate_by_name=True, protected_namespaces=()),
+        **fields,
+    )
+
+
+SamplingFields: type[BaseModel] = _adapter_sampling_fields()
+"""A pydantic mixin with every sampling field, as the LangChain and LlamaIndex classes declare
+them (``None`` = the runtime config's value); :meth:`SamplingParams.merge` reads them back."""
+
+
+def sampling_defaults(owner: BaseModel) -> dict[str, Any]:
+    """The sampling values set on an object with :data:`SamplingFields` (for
+    :meth:`SamplingParams.merge`)."""
+    return {
+        name: getattr(owner, name)
+        for name in SamplingFields.model_fields
+        if getattr(owner, name) is not None
+    }

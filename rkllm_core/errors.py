@@ -57,6 +57,13 @@ class AbortedError(RKLLMError, RuntimeError):
     """The request was aborted before it produced a result (raised where one is required)."""
 
 
+class RequestTimeoutError(RKLLMError, TimeoutError):
+    """A request outlived its ``timeout`` (queue time included) and was stopped or never run.
+
+    Raise ``timeout=`` (seconds) for slow machines, or lower ``max_new_tokens``.
+    """
+
+
 class ModelClosedError(RKLLMError, RuntimeError):
     """The model was closed; create a new RKLLMModel to run more requests."""
 

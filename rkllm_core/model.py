@@ -16,6 +16,7 @@ import numpy as np
 
 from .chat import ChatRenderer, Message, normalize_messages
 from .config import EmbeddingConfig, RuntimeConfig, SamplingParams
+from .conversation import Conversation, Turn
 from .embeddings import (
     EmbeddingSequence,
     build_sequence,
@@ -41,23 +42,20 @@ from .engine import (
 )
 from .errors import ConfigError, EngineUnavailableError, GenerationError, ModelClosedError
 from .queueing import Job, Worker, async_channel, thread_channel
+from .reply import ReplyAssembler, ReplyPlan, plan_reply, with_system_note
 from .results import GenerationResult, Usage
 from .streams import (
     AsyncTokenStream,
     CollectHandler,
     GenerationHandler,
     TokenStream,
-    Turn,
     as_generation_error,
 )
-from .tools import parse_tool_calls
 
 log = logging.getLogger(__name__)
 
 Backend = Literal["auto", "npu", "pc"]
 Prompt = str | Sequence[Message] | Sequence[int]
-
-_SAMPLING_FIELDS = set(SamplingParams.model_fields)
 
 
 # --- the model --------------------------------------------------------------------------------
@@ -79,13 +77,36 @@ class RKLLMModel:
         embedding: EmbeddingConfig | None = None,
         **engine_options: Any,
     ) -> None:
-        self.config = config or RuntimeConfig()
-        if not isinstance(self.config, RuntimeConfig):
+        config = config or RuntimeConfig()
+        if not isinstance(config, RuntimeConfig):
             raise ConfigError("config must be a RuntimeConfig")
         path = _resolve_model(model)
-        self.backend: Literal["npu", "pc"] = _choose_backend(path, backend)
-        self._engine: Engine = _make_engine(self.backend, path, self.config, engine_options)
-        self.info: EngineInfo = self._engine.info
+        backend_name = _choose_backend(path, backend)
+        self._attach(_make_engine(backend_name, path, config, engine_options), config, embedding)
+
+    @classmethod
+    def from_engine(
+        cls,
+        engine: Engine,
+        config: RuntimeConfig | None = None,
+        *,
+        embedding: EmbeddingConfig | None = None,
+    ) -> RKLLMModel:
+        """A model over an engine built elsewhere (any object implementing :class:`Engine`).
+
+        For engines outside this package, and for tests with a scripted engine.
+        """
+        model = cls.__new__(cls)
+        model._attach(engine, config or RuntimeConfig(), embedding)
+        return model
+
+    def _attach(
+        self, engine: Engine, config: RuntimeConfig, embedding: EmbeddingConfig | None
+    ) -> None:
+        self.config = config
+        self._engine: Engine = engine
+        self.info: EngineInfo = engine.info
+        self.backend: Literal["npu", "pc"] = self.info.backend
         self.name = self.info.model_name
         self.embedding_config = embedding or default_embedding_config(
             self.info.architecture, self.name
@@ -93,8 +114,7 @@ class RKLLMModel:
         self._worker = Worker(self._engine, self.name)
         self._closed = False
         self._close_lock = threading.Lock()
-        self._history: list[dict] = []  # conversation held in the KV cache (keep_history)
-        self._cached_text: str | None = None  # its rendered text, to send only the new part
+        self._conversation = Conversation()  # held in the KV cache (keep_history)
         self._finalizer = weakref.finalize(self, _shutdown, self._worker, self._engine)
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -181,141 +201,120 @@ class RKLLMModel:
     # --- generation --------------------------------------------------------------------
 
     def _sampling(self, sampling: SamplingParams | None, kwargs: dict[str, Any]) -> Any:
-        unknown = set(kwargs) - _SAMPLING_FIELDS
-        if unknown:
-            raise ConfigError(
-                f"unknown sampling argument(s) {sorted(unknown)}; valid: {sorted(_SAMPLING_FIELDS)}"
-            )
-        base = sampling or SamplingParams()
-        if kwargs:
-            base = base.model_copy(update=SamplingParams(**kwargs).model_dump(exclude_unset=True))
-        return base.resolve(self.config)
+        return SamplingParams.merge(sampling, kwargs).resolve(self.config)
 
     def _prepare(
         self,
         prompt: Prompt,
+        plan: ReplyPlan,
         *,
-        tools: Sequence[Mapping[str, Any]] | None,
         keep_history: bool,
         add_generation_prompt: bool,
         enable_thinking: bool | None,
     ) -> tuple[RequestInput, Turn]:
         if isinstance(prompt, str):
             if keep_history:
-                self._history, self._cached_text = [], None
-            return PromptInput(prompt), Turn(prompt, None, keep_history, bool(tools))
+                self._conversation.reset()
+            return PromptInput(prompt + plan.prefill), Turn(prompt, None, keep_history)
         items = list(prompt)
         if not items:
             raise ConfigError("the prompt is empty")
         if all(isinstance(x, int) and not isinstance(x, bool) for x in items):
-            return TokenInput(tuple(int(x) for x in items)), Turn(None, None, keep_history, False)
-        messages = normalize_messages(items)
+            if plan.mode != "plain":
+                raise ConfigError(
+                    "tools, tool_choice and response_format need a text or chat-message"
+                    " prompt, not token ids"
+                )
+            return TokenInput(tuple(int(x) for x in items)), Turn(None, None, keep_history)
+        messages = with_system_note(normalize_messages(items), plan.system_note)
         if self.info.extra.get("raw_prompt") is False:
             # the runtime applies its own template (set_chat_template): it takes the turn's
             # text only, and keeps earlier turns itself when keep_history is on
+            if plan.prefill:
+                raise ConfigError(
+                    "a forced tool_choice or response_format writes the start of the answer,"
+                    " which a runtime-rendered template (set_chat_template) does not allow"
+                )
             last = messages[-1]
             role = "tool" if last["role"] == "tool" else "user"
-            return PromptInput(last["content"]), Turn(None, None, keep_history, bool(tools), role)
+            return PromptInput(last["content"]), Turn(None, None, keep_history, role)
         if keep_history and self.info.extra.get("supports_keep_history") is False:
             # the runtime cannot keep a conversation (family 1.1): send it whole every turn
             keep_history = False
-        if not keep_history:
-            text = self.render_chat(
-                messages, tools=tools, add_generation_prompt=add_generation_prompt,
-                enable_thinking=enable_thinking,
-            )
-            return PromptInput(text), Turn(text, messages, False, bool(tools))
-        # multi-turn: the KV cache holds the conversation so far; send only what is new
-        history = self._history
-        new = messages[len(history):] if messages[: len(history)] == history else messages
-        conversation = history + new
-        full = self.render_chat(
-            conversation, tools=tools, add_generation_prompt=add_generation_prompt,
-            enable_thinking=enable_thinking,
-        )
-        cached = self._cached_text
-        if cached and full.startswith(cached) and self._engine.kv_cache_size()[0] > 0:
-            text = full[len(cached):]
-        else:
-            if self._engine.kv_cache_size()[0] > 0:
-                self._clear_engine_cache()
-            text = full
-        return PromptInput(text), Turn(full, conversation, True, bool(tools))
 
-    def _finish_turn(
-        self,
-        ctx: Turn,
-        text: str,
-        token_ids: tuple[int, ...],
-        event: FinishEvent,
-        stopped_by_string: bool = False,
-    ) -> GenerationResult:
-        content, calls, invalid = (text, [], [])
-        if ctx.parse_tools:
-            content, calls, invalid = parse_tool_calls(text)
-        if ctx.keep_history and ctx.messages is not None and ctx.prompt_text is not None:
-            assistant: dict[str, Any] = {"role": "assistant", "content": content}
-            if calls:
-                assistant["tool_calls"] = [
-                    {"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls
-                ]
-            self._history = [*ctx.messages, assistant]
-            if stopped_by_string or event.reason == "abort":
-                # the cache holds tokens the text does not show: re-send the whole
-                # conversation next turn rather than guess what the cache holds
-                self._cached_text = None
-            else:
-                ended_by_eos = event.reason == "stop"
-                eos = (self.info.eos_token or "") if ended_by_eos else ""
-                self._cached_text = ctx.prompt_text + text + eos
+        def render(conversation: list[dict]) -> str:
+            return self.render_chat(
+                conversation, tools=plan.render_tools or None,
+                add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking,
+            )
+
+        if not keep_history:
+            text = render(messages) + plan.prefill
+            return PromptInput(text), Turn(text, messages, False)
+        # multi-turn: the KV cache holds the conversation so far; send only what is new
+        text, turn = self._conversation.prepare(
+            messages, render, lambda: self._engine.kv_cache_size()[0],
+            self._clear_engine_cache, plan.prefill,
+        )
+        return PromptInput(text), turn
+
+    def _complete(
+        self, turn: Turn, handler: GenerationHandler, event: FinishEvent
+    ) -> tuple[GenerationResult, str]:
+        generated = handler.text
+        reply = handler.assembler.finish(generated, event.reason)
+        self._conversation.record(
+            turn, reply, generated, event.reason,
+            # a forced call / JSON object cut short by us: the cache holds more than the text
+            handler.stopped_by_string or handler.assembler.complete,
+            self.info.eos_token or "",
+        )
         prompt_tokens = event.prompt_tokens or event.perf.prefill_tokens
+        token_ids = tuple(handler.token_ids)
         completion = event.completion_tokens or event.perf.decode_tokens or len(token_ids)
-        return GenerationResult(
-            text=text,
+        result = GenerationResult(
+            text=reply.text,
             token_ids=token_ids,
-            finish_reason=event.reason,
+            finish_reason=reply.finish_reason,
             usage=Usage(prompt_tokens, completion),
             perf=event.perf,
             model=self.name,
-            tool_calls=tuple(calls),
-            invalid_tool_calls=tuple(invalid),
-            content=content,
+            tool_calls=reply.tool_calls,
+            invalid_tool_calls=reply.invalid_tool_calls,
+            content=reply.content,
         )
-
-    def _turn_failed(self, ctx: Turn) -> None:
-        if ctx.keep_history:
-            self._history, self._cached_text = [], None
+        return result, reply.extra_content
 
     def _submit_generation(
-        self,
-        prompt: Prompt,
-        sampling: SamplingParams | None,
-        channel_factory: Any,
-        *,
-        tools: Sequence[Mapping[str, Any]] | None,
-        keep_history: bool,
-        add_generation_prompt: bool,
-        enable_thinking: bool | None,
-        role: str,
-        lora_adapter: str | None,
-        kwargs: dict[str, Any],
-    ) -> tuple[Job, GenerationHandler, Turn, Any]:
+        self, prompt: Prompt, sampling: SamplingParams | None, channel_factory: Any,
+        options: dict[str, Any], kwargs: dict[str, Any],
+    ) -> tuple[Any, Any, Any, Any]:
         self._check_open()
+        timeout = options.pop("timeout")
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ConfigError(f"timeout must be a positive number of seconds, not {timeout!r}")
         params = self._sampling(sampling, kwargs)
-        item, ctx = self._prepare(
-            prompt, tools=tools, keep_history=keep_history,
-            add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking,
-        )
+        plan = plan_reply(options.pop("tools"), options.pop("tool_choice"),
+                          options.pop("response_format"))
+        role, lora_adapter = options.pop("role"), options.pop("lora_adapter")
+        enable_thinking = options["enable_thinking"]
+        item, turn = self._prepare(prompt, plan, **options)
         request = Request(
-            input=item, sampling=params, mode=InferMode.GENERATE, keep_history=ctx.keep_history,
-            role=ctx.role or role, enable_thinking=bool(enable_thinking),
+            input=item, sampling=params, mode=InferMode.GENERATE, keep_history=turn.keep_history,
+            role=turn.role or role, enable_thinking=bool(enable_thinking),
             lora_adapter=lora_adapter,
         )
         channel, deliver = channel_factory()
-        handler = GenerationHandler(deliver, params.stop)
-        job = Job(request, handler)
+        handler = GenerationHandler(deliver, params.stop, ReplyAssembler(plan))
+        job = Job(request, handler, timeout=timeout)
         self._worker.submit(job)
-        return job, handler, ctx, channel
+        worker, conversation = self._worker, self._conversation
+        return (
+            channel,
+            lambda: worker.cancel(job),
+            lambda event: self._complete(turn, handler, event),
+            lambda: conversation.failed(turn),
+        )
 
     def stream(
         self,
@@ -323,6 +322,9 @@ class RKLLMModel:
         sampling: SamplingParams | None = None,
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: Any = None,
+        response_format: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
         keep_history: bool = False,
         add_generation_prompt: bool = True,
         enable_thinking: bool | None = None,
@@ -330,23 +332,42 @@ class RKLLMModel:
         lora_adapter: str | None = None,
         **sampling_kwargs: Any,
     ) -> TokenStream:
-        """Stream the answer to a text prompt, chat messages or token ids.
+        """Stream the reply to a text prompt, chat messages or token ids.
 
         Chat messages (``[{"role": "user", "content": …}]``) are rendered with the model's
         own chat template; a string is sent as is. ``sampling_kwargs`` are
-        :class:`SamplingParams` fields (temperature, top_k, stop, max_new_tokens, seed …).
-        With ``keep_history=True`` the conversation stays in the KV cache for the next call.
+        :class:`SamplingParams` fields (temperature, top_k, stop, max_new_tokens or
+        max_tokens, seed …). With ``keep_history=True`` the conversation stays in the KV
+        cache for the next call.
+
+        The reply (decided here for every framework, see :mod:`rkllm_core.reply`):
+
+        - ``tools``: OpenAI-style tool dicts (``{"type": "function", "function": {"name",
+          "description", "parameters"}}``), rendered by the chat template (or described in the
+          system turn when it has no tools support). Calls come back parsed in
+          ``result.tool_calls``; their markup is never streamed as content.
+        - ``tool_choice``: ``None``/``'auto'``, ``'none'``, ``'any'``/``'required'``/``True``
+          or a tool name / ``{'type': 'function', 'function': {'name': …}}``. A forced call is
+          started for the model (prefill) and generation stops when the call is whole; a call
+          of a tool that was not bound is an invalid call, never a valid one.
+        - ``response_format``: ``{'type': 'json_object'}`` or ``{'type': 'json_schema',
+          'schema': {…}}`` (or OpenAI's ``'json_schema': {'schema': …}``): the answer is
+          started as a JSON object and ends when the object closes.
+        - ``timeout``: seconds from this call, queue time included. A request whose deadline
+          passes while it waits never runs; a running one is aborted at the deadline. Either
+          way the stream raises :class:`~rkllm_core.errors.RequestTimeoutError`.
+
+        The chunks are the reply's content as it may be shown; :attr:`TokenStream.result` is
+        the :class:`GenerationResult` (text, content, tool calls, finish reason, usage, perf).
         """
-        job, handler, ctx, channel = self._submit_generation(
-            prompt, sampling, thread_channel, tools=tools, keep_history=keep_history,
-            add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking,
-            role=role, lora_adapter=lora_adapter, kwargs=sampling_kwargs,
+        channel, cancel, complete, fail = self._submit_generation(
+            prompt, sampling, thread_channel, _options(locals()), sampling_kwargs
         )
-        return TokenStream(self, job, handler, ctx, channel)
+        return TokenStream(channel, cancel, complete, fail)
 
     def generate(self, prompt: Prompt, sampling: SamplingParams | None = None,
                  **kwargs: Any) -> GenerationResult:
-        """:meth:`stream`, collected: text, token ids, usage, perf and parsed tool calls."""
+        """:meth:`stream`, collected: the same arguments, the :class:`GenerationResult`."""
         return self.stream(prompt, sampling, **kwargs).result
 
     def astream(
@@ -355,6 +376,9 @@ class RKLLMModel:
         sampling: SamplingParams | None = None,
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: Any = None,
+        response_format: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
         keep_history: bool = False,
         add_generation_prompt: bool = True,
         enable_thinking: bool | None = None,
@@ -362,15 +386,12 @@ class RKLLMModel:
         lora_adapter: str | None = None,
         **sampling_kwargs: Any,
     ) -> AsyncTokenStream:
-        """Like :meth:`stream`, as an async iterator; must be called inside a running loop."""
+        """:meth:`stream` as an async iterator; must be called inside a running loop."""
         loop = asyncio.get_running_loop()
-        job, handler, ctx, channel = self._submit_generation(
-            prompt, sampling, lambda: async_channel(loop), tools=tools,
-            keep_history=keep_history, add_generation_prompt=add_generation_prompt,
-            enable_thinking=enable_thinking, role=role, lora_adapter=lora_adapter,
-            kwargs=sampling_kwargs,
+        channel, cancel, complete, fail = self._submit_generation(
+            prompt, sampling, lambda: async_channel(loop), _options(locals()), sampling_kwargs
         )
-        return AsyncTokenStream(self, job, handler, ctx, channel)
+        return AsyncTokenStream(channel, cancel, complete, fail)
 
     async def agenerate(self, prompt: Prompt, sampling: SamplingParams | None = None,
                         **kwargs: Any) -> GenerationResult:
@@ -385,7 +406,7 @@ class RKLLMModel:
         """Forget the multi-turn conversation (waits for running requests to finish)."""
         self._check_open()
         self._clear_engine_cache(keep_system_prompt)
-        self._history, self._cached_text = [], None
+        self._conversation.reset()
 
     def _clear_engine_cache(self, keep_system_prompt: bool = False) -> None:
         self._worker.run_call(lambda: self._engine.clear_kv_cache(keep_system_prompt))
@@ -534,6 +555,15 @@ class RKLLMModel:
         return f"RKLLMModel({self.info.model_path!r}, backend={self.backend!r})"
 
 
+_OPTION_NAMES = ("tools", "tool_choice", "response_format", "timeout", "keep_history",
+                 "add_generation_prompt", "enable_thinking", "role", "lora_adapter")
+
+
+def _options(call_locals: dict[str, Any]) -> dict[str, Any]:
+    """The request options of a stream/astream call (everything but prompt and sampling)."""
+    return {name: call_locals[name] for name in _OPTION_NAMES}
+
+
 def chunked_indices(order: list[int], size: int) -> list[list[int]]:
     """Split an index list into batches of at most ``size``."""
     return [order[i : i + size] for i in range(0, len(order), size)]
@@ -602,37 +632,4 @@ def _shutdown(worker: Worker, engine: Engine) -> None:
         engine.close()
 
 
-_SHARED: dict[tuple, RKLLMModel] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def shared_model(
-    model: str | os.PathLike[str],
-    config: RuntimeConfig | None = None,
-    *,
-    backend: Backend = "auto",
-    **engine_options: Any,
-) -> RKLLMModel:
-    """One loaded model per (file, backend, config) for the whole process.
-
-    The LangChain and LlamaIndex classes use this, so a chat model and an embedding model
-    that point at the same file share one copy in memory.
-    """
-    cfg = config or RuntimeConfig()
-    path = _resolve_model(model)
-    key = (
-        str(path.resolve()) if path.exists() else str(model),
-        backend,
-        cfg.model_dump_json(),
-        tuple(sorted((k, repr(v)) for k, v in engine_options.items())),
-    )
-    with _SHARED_LOCK:
-        existing = _SHARED.get(key)
-        if existing is not None and not existing.closed:
-            return existing
-        loaded = RKLLMModel(path, cfg, backend=backend, **engine_options)
-        _SHARED[key] = loaded
-        return loaded
-
-
-__all__ = ["RKLLMModel", "shared_model"]
+__all__ = ["RKLLMModel"]

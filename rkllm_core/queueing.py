@@ -4,6 +4,11 @@ Each request is a :class:`Job` whose events flow through its own channel (a thre
 an asyncio queue fed with ``call_soon_threadsafe`` so the event loop never blocks). A job can
 be cancelled by its owner at any time: before it starts it is skipped, while it runs the
 engine is asked to stop before the next token.
+
+A job may carry a deadline (``timeout`` seconds from submission, queue time included): a job
+whose deadline passes while it waits fails at once with :class:`RequestTimeoutError` and never
+reaches the engine; a running one is aborted at the deadline (during prefill too, not only
+when the next token arrives) and fails the same way.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
 from .engine import Engine, ErrorEvent, Event, FinishEvent, Request
-from .errors import ModelClosedError
+from .errors import ModelClosedError, RequestTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +48,51 @@ class Job:
 
     _ids = itertools.count()
 
-    def __init__(self, request: Request, handler: Handler) -> None:
+    def __init__(self, request: Request, handler: Handler, timeout: float | None = None) -> None:
         self.id = next(self._ids)
         self.request = request
         self.handler = handler
         self.cancelled = threading.Event()
         self.finished = threading.Event()
+        self.timed_out = threading.Event()
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout if timeout is not None else None
+        self._finish_lock = threading.Lock()
+        self.timer: threading.Timer | None = None
+
+    def expired(self) -> bool:
+        """True once the deadline has passed."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def timeout_error(self) -> RequestTimeoutError:
+        """The error a caller gets when this job outlives its deadline."""
+        return RequestTimeoutError(
+            f"the request took longer than timeout={self.timeout}s (time waiting in the queue"
+            " counts); raise timeout or lower max_new_tokens"
+        )
 
     def emit(self, event: Event) -> bool:
         """Sink protocol: called on the worker thread by the engine."""
         if self.finished.is_set():
             return False
         if isinstance(event, (FinishEvent, ErrorEvent)):
-            self.finished.set()
-            if isinstance(event, FinishEvent) and self.cancelled.is_set():
+            with self._finish_lock:  # the deadline timer may finish a queued job concurrently
+                if self.finished.is_set():
+                    return False
+                self.finished.set()
+            if self.timer is not None:
+                self.timer.cancel()
+            if isinstance(event, FinishEvent) and self.timed_out.is_set():
+                event = ErrorEvent(self.timeout_error())
+            elif isinstance(event, FinishEvent) and self.cancelled.is_set():
                 event = replace(event, reason="abort")  # the engine saw only "stop asked"
             self.handler.on_finish(event)
             return False
-        if self.cancelled.is_set():
+        if self.cancelled.is_set() or self.timed_out.is_set():
             return False
-        return self.handler.on_event(event) and not self.cancelled.is_set()
+        return self.handler.on_event(event) and not (
+            self.cancelled.is_set() or self.timed_out.is_set()
+        )
 
 
 class CallJob:
@@ -103,11 +134,29 @@ class Worker:
         self._thread.start()
 
     def submit(self, job: Job | CallJob) -> None:
-        """Queue a job (FIFO)."""
+        """Queue a job (FIFO); a job with a deadline is watched from now on."""
         with self._lock:
             if self._closed:
                 raise ModelClosedError("the model is closed; create a new RKLLMModel")
+            if isinstance(job, Job) and job.deadline is not None:
+                remaining = max(0.0, job.deadline - time.monotonic())
+                job.timer = threading.Timer(remaining, self._expire, (job,))
+                job.timer.daemon = True
+                job.timer.start()
             self._queue.put(job)
+
+    def _expire(self, job: Job) -> None:
+        """The deadline passed: fail a waiting job now, abort a running one now."""
+        if job.finished.is_set():
+            return
+        job.timed_out.set()
+        with self._lock:
+            running = self._current is job
+            if not running:
+                # Still queued: the caller hears at once, and the worker will skip it.
+                job.emit(ErrorEvent(job.timeout_error()))
+        if running:
+            self._engine.abort()
 
     def run_call(self, fn: Callable[[], object]) -> object:
         """Run ``fn`` on the worker thread after the queued requests; return its value."""
@@ -140,10 +189,18 @@ class Worker:
             if isinstance(job, CallJob):
                 job.run()
                 continue
+            if job.finished.is_set():  # failed while waiting (deadline)
+                continue
+            if job.expired():  # never start a request whose caller has given up
+                job.timed_out.set()
+                job.emit(ErrorEvent(job.timeout_error()))
+                continue
             if job.cancelled.is_set():
                 job.emit(FinishEvent("abort"))
                 continue
             with self._lock:
+                if job.finished.is_set():  # the deadline fired between the checks
+                    continue
                 self._current = job
             try:
                 if job.cancelled.is_set():  # cancelled between the check and taking the lock

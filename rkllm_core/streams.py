@@ -1,37 +1,52 @@
 """Streams of one request: engine events → chunks for the caller, and the collected result.
 
-Handlers run on the model's worker thread (stop strings are matched there, so the engine stops
-at once); streams run on the caller's side, synchronously or on an event loop.
+Handlers run on the model's worker thread (stop strings are matched and the reply assembler
+is fed there, so the engine stops at once); streams run on the caller's side, synchronously or
+on an event loop. Streams know nothing of the model: they get the callables they need.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .engine import ErrorEvent, Event, FinishEvent, TokenEvent
 from .errors import GenerationError
-from .queueing import Deliver, Job
+from .queueing import Deliver
+from .reply import ReplyAssembler
 from .results import GenerationResult, StreamChunk
 from .stops import StopMatcher
-
-if TYPE_CHECKING:
-    from .model import RKLLMModel
-
 
 # --- handlers: engine events → what the caller consumes ----------------------------------
 
 
 class GenerationHandler:
-    """Applies stop strings on the worker thread so the engine stops at once."""
+    """Applies stop strings and feeds the reply assembler on the worker thread.
 
-    def __init__(self, deliver: Deliver, stops: Sequence[str]) -> None:
+    Only content the assembler releases is delivered as chunks; the whole generated text is
+    kept in :attr:`text` for the result.
+    """
+
+    def __init__(self, deliver: Deliver, stops: Sequence[str], assembler: ReplyAssembler) -> None:
         self._deliver = deliver
         self._matcher = StopMatcher(stops)
+        self.assembler = assembler
         self.token_ids: list[int] = []
+        self._pieces: list[str] = []
         self.stopped_by_string = False
+
+    @property
+    def text(self) -> str:
+        """The generated text (stop strings cut), read once the finish event was delivered."""
+        return "".join(self._pieces)
+
+    def _take(self, text: str, token_id: int | None) -> None:
+        self._pieces.append(text)
+        shown = self.assembler.push(text)
+        if shown:
+            self._deliver(StreamChunk(shown, token_id))
 
     def on_event(self, event: Event) -> bool:
         if not isinstance(event, TokenEvent):
@@ -40,17 +55,17 @@ class GenerationHandler:
             self.token_ids.append(event.token_id)
         safe, stop = self._matcher.push(event.text)
         if safe:
-            self._deliver(StreamChunk(safe, event.token_id if event.token_id >= 0 else None))
+            self._take(safe, event.token_id if event.token_id >= 0 else None)
         if stop:
             self.stopped_by_string = True
             return False
-        return True
+        return not self.assembler.complete
 
     def on_finish(self, event: FinishEvent | ErrorEvent) -> None:
         if isinstance(event, FinishEvent):
             tail = self._matcher.flush()
             if tail:
-                self._deliver(StreamChunk(tail, None))
+                self._take(tail, None)
             if self.stopped_by_string:
                 event = replace(event, reason="stop")
         self._deliver(event)
@@ -72,43 +87,50 @@ class CollectHandler:
 
 # --- streams --------------------------------------------------------------------------------
 
+Complete = Callable[[FinishEvent], tuple[GenerationResult, str]]
+"""Finish event → (the result, content not streamed yet)."""
+
 
 class _StreamState:
-    """What sync and async streams share: collected text and the final result."""
+    """What sync and async streams share: the final result, and the request's controls.
 
-    def __init__(self, model: RKLLMModel, job: Job, handler: GenerationHandler, ctx: Turn):
-        self._model = model
-        self._job = job
-        self._handler = handler
-        self._ctx = ctx
-        self._pieces: list[str] = []
+    ``complete`` turns the finish event into the result (the model's bookkeeping included)
+    and the content still to stream;
+    ``fail`` is told when the request failed; ``cancel`` stops this request only.
+    """
+
+    def __init__(self, cancel: Callable[[], None], complete: Complete,
+                 fail: Callable[[], None]) -> None:
+        self._cancel = cancel
+        self._complete = complete
+        self._fail = fail
         self._result: GenerationResult | None = None
         self._error: BaseException | None = None
+        self._ended = False
 
     @property
     def done(self) -> bool:
-        return self._result is not None or self._error is not None
+        return self._ended
 
     def _accept(self, item: object) -> StreamChunk | None:
         """Process one channel item; return a chunk to yield, or None when finished."""
         if isinstance(item, StreamChunk):
-            self._pieces.append(item.text)
             return item
+        self._ended = True
         if isinstance(item, ErrorEvent):
             self._error = item.error
-            self._model._turn_failed(self._ctx)
+            self._fail()
             raise as_generation_error(item.error)
         if isinstance(item, FinishEvent):
-            self._result = self._model._finish_turn(
-                self._ctx, "".join(self._pieces), tuple(self._handler.token_ids), item,
-                self._handler.stopped_by_string,
-            )
-            return None
+            self._result, held = self._complete(item)
+            # content held back while streaming (it might have been a tool call) and found
+            # to be text: the last chunk, so the chunks always add up to the content
+            return StreamChunk(held, None) if held else None
         raise GenerationError(f"unexpected event {item!r}")  # pragma: no cover
 
     def abort(self) -> None:
         """Stop this request (only this one) within one token."""
-        self._model._worker.cancel(self._job)
+        self._cancel()
 
 
 def as_generation_error(error: BaseException) -> BaseException:
@@ -116,27 +138,27 @@ def as_generation_error(error: BaseException) -> BaseException:
 
 
 class TokenStream(_StreamState, Iterator[StreamChunk]):
-    """Iterator of :class:`StreamChunk`; :attr:`result` holds the collected result at the end.
+    """Iterator of :class:`StreamChunk` (the answer's content as it comes); :attr:`result`
+    holds the collected :class:`GenerationResult` (content, tool calls, usage …) at the end.
 
     Leaving the loop early (``break``, an exception, ``close()``) cancels the request, so the
     model is free for the next caller.
     """
 
-    def __init__(self, model: RKLLMModel, job: Job, handler: GenerationHandler, ctx: Turn,
-                 channel: Any) -> None:
-        super().__init__(model, job, handler, ctx)
+    def __init__(self, channel: Any, cancel: Callable[[], None], complete: Complete,
+                 fail: Callable[[], None]) -> None:
+        super().__init__(cancel, complete, fail)
         self._channel = channel
 
     def __iter__(self) -> TokenStream:
         return self
 
     def __next__(self) -> StreamChunk:
-        if self.done:
-            raise StopIteration
-        chunk = self._accept(self._channel.get())
-        if chunk is None:
-            raise StopIteration
-        return chunk
+        while not self._ended:
+            chunk = self._accept(self._channel.get())
+            if chunk is not None:
+                return chunk
+        raise StopIteration
 
     @property
     def result(self) -> GenerationResult:
@@ -163,26 +185,25 @@ class TokenStream(_StreamState, Iterator[StreamChunk]):
 class AsyncTokenStream(_StreamState, AsyncIterator[StreamChunk]):
     """Async iterator of :class:`StreamChunk` that never blocks the event loop."""
 
-    def __init__(self, model: RKLLMModel, job: Job, handler: GenerationHandler, ctx: Turn,
-                 channel: asyncio.Queue[object]) -> None:
-        super().__init__(model, job, handler, ctx)
+    def __init__(self, channel: asyncio.Queue[object], cancel: Callable[[], None],
+                 complete: Complete, fail: Callable[[], None]) -> None:
+        super().__init__(cancel, complete, fail)
         self._channel = channel
 
     def __aiter__(self) -> AsyncTokenStream:
         return self
 
     async def __anext__(self) -> StreamChunk:
-        if self.done:
-            raise StopAsyncIteration
-        try:
-            item = await self._channel.get()
-        except asyncio.CancelledError:
-            self.abort()
-            raise
-        chunk = self._accept(item)
-        if chunk is None:
-            raise StopAsyncIteration
-        return chunk
+        while not self._ended:
+            try:
+                item = await self._channel.get()
+            except asyncio.CancelledError:
+                self.abort()
+                raise
+            chunk = self._accept(item)
+            if chunk is not None:
+                return chunk
+        raise StopAsyncIteration
 
     async def aresult(self) -> GenerationResult:
         """The whole result; consumes the rest of the stream if needed."""
@@ -197,15 +218,3 @@ class AsyncTokenStream(_StreamState, AsyncIterator[StreamChunk]):
         """Cancel the request if it has not finished."""
         if not self.done:
             self.abort()
-
-
-class Turn:
-    """Bookkeeping of one generate call (for multi-turn history and tool parsing)."""
-
-    def __init__(self, prompt_text: str | None, messages: list[dict] | None, keep_history: bool,
-                 parse_tools: bool, role: str | None = None) -> None:
-        self.role = role  # the runtime's input role, when the runtime renders the turn
-        self.prompt_text = prompt_text
-        self.messages = messages
-        self.keep_history = keep_history
-        self.parse_tools = parse_tools

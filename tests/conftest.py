@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,3 +83,25 @@ def demo_model_path() -> Path:
 
     os.environ.setdefault("RKLLM_CACHE_DIR", str(Path.home() / ".cache" / "rkllm"))
     return fetch_model("smollm2")
+
+
+@pytest.fixture()
+def scripted() -> Iterator[Callable[..., tuple[Any, Any]]]:
+    """Makes real RKLLMModels over a scripted pure-Python engine (closed after the test).
+
+    ``scripted(["Hel", "lo"], ["second answer"], chat_template=…)`` → (model, engine); the
+    engine records every request (``engine.prompts``). Shared by the LangChain and
+    LlamaIndex suites so both read the same model outputs.
+    """
+    from scripted_engine import scripted_model
+
+    made: list[Any] = []
+
+    def make(*answers: Sequence[str], **options: Any) -> tuple[Any, Any]:
+        model, engine = scripted_model(*answers, **options)
+        made.append(model)
+        return model, engine
+
+    yield make
+    for model in made:
+        model.close()

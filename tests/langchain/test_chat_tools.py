@@ -1,13 +1,15 @@
 """Tool calls and structured output: how model text becomes AIMessage.tool_calls / objects.
 
-The model output is scripted (a stand-in model yields fixed token pieces, and the real core
-parser reads them), so the parsing paths are tested exactly; the last tests run the same
-paths on the real demo model.
+The model output is scripted (a real RKLLMModel over a scripted pure-Python engine yields
+fixed token pieces, and the core's reply assembler reads them), so the parsing paths are
+tested exactly; the last tests run the same paths on the real demo model.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
@@ -16,9 +18,9 @@ from pydantic import BaseModel, Field
 
 from langchain_rkllm import ChatRKLLM
 from langchain_rkllm._messages import to_core_messages
-from langchain_rkllm._tools import JsonObjectEnd, MarkupHoldback, object_start
+from rkllm_core.reply import JsonObjectEnd, MarkupHoldback, object_start
 
-from .conftest import DEMO_MODEL, ScriptedModel
+from .conftest import DEMO_MODEL
 
 
 @tool
@@ -40,19 +42,25 @@ class Joke(BaseModel):
     punchline: str = Field(description="answer to resolve the joke")
 
 
-def scripted(pieces: list[str]) -> tuple[ChatRKLLM, ScriptedModel]:
-    llm = ChatRKLLM(model="scripted")
-    fake = ScriptedModel(pieces)
-    llm._loaded = fake  # type: ignore[assignment]
-    return llm, fake
+@pytest.fixture()
+def scripted_chat(scripted: Any) -> Callable[[list[str]], tuple[ChatRKLLM, Any]]:
+    """ChatRKLLM over a real core model whose engine answers with scripted pieces."""
+
+    def make(pieces: list[str]) -> tuple[ChatRKLLM, Any]:
+        model, engine = scripted(pieces)
+        llm = ChatRKLLM(model="scripted")
+        llm._loaded = model
+        return llm, engine
+
+    return make
 
 
 WELL_FORMED = ["Sure", ".", " <tool", "_call>", '\n{"name": "magic_function", ',
                '"arguments": {"input": 3}}', "\n</tool", "_call>"]
 
 
-def test_well_formed_call_invoke() -> None:
-    llm, _ = scripted(WELL_FORMED)
+def test_well_formed_call_invoke(scripted_chat: Any) -> None:
+    llm, _ = scripted_chat(WELL_FORMED)
     msg = llm.bind_tools([magic_function]).invoke("magic_function(3)?")
     assert isinstance(msg, AIMessage)
     assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("magic_function", {"input": 3})]
@@ -62,8 +70,8 @@ def test_well_formed_call_invoke() -> None:
     assert msg.response_metadata["finish_reason"] == "tool_calls"
 
 
-def test_well_formed_call_stream_hides_markup() -> None:
-    llm, _ = scripted(WELL_FORMED)
+def test_well_formed_call_stream_hides_markup(scripted_chat: Any) -> None:
+    llm, _ = scripted_chat(WELL_FORMED)
     chunks = list(llm.bind_tools([magic_function]).stream("magic_function(3)?"))
     text = "".join(c.content for c in chunks if isinstance(c.content, str))
     assert "<tool" not in text and "{" not in text
@@ -74,21 +82,21 @@ def test_well_formed_call_stream_hides_markup() -> None:
     assert full.content == "Sure."
 
 
-def test_several_calls() -> None:
+def test_several_calls(scripted_chat: Any) -> None:
     pieces = [
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Orlen"}}\n</tool_call>\n',
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Caddis"}}\n</tool_call>',
     ]
-    llm, _ = scripted(pieces)
+    llm, _ = scripted_chat(pieces)
     msg = llm.bind_tools([get_weather, magic_function]).invoke("weather in Orlen and Caddis?")
     assert [c["args"]["city"] for c in msg.tool_calls] == ["Orlen", "Caddis"]
     assert len({c["id"] for c in msg.tool_calls}) == 2
     assert msg.content == ""
 
 
-def test_malformed_json_becomes_invalid_tool_call() -> None:
+def test_malformed_json_becomes_invalid_tool_call(scripted_chat: Any) -> None:
     pieces = ['<tool_call>\n{"name": "magic_function", "arguments": {"input": 3}\n', "</tool_call>"]
-    llm, _ = scripted(pieces)
+    llm, _ = scripted_chat(pieces)
     bound = llm.bind_tools([magic_function])
     msg = bound.invoke("magic_function(3)?")
     assert msg.tool_calls == []
@@ -102,21 +110,21 @@ def test_malformed_json_becomes_invalid_tool_call() -> None:
     assert full is not None and full.tool_calls == [] and full.invalid_tool_calls
 
 
-def test_bare_json_call() -> None:
-    llm, _ = scripted(['{"name": "magic_function",', ' "arguments": {"input": 5}}'])
+def test_bare_json_call(scripted_chat: Any) -> None:
+    llm, _ = scripted_chat(['{"name": "magic_function",', ' "arguments": {"input": 5}}'])
     msg = llm.bind_tools([magic_function]).invoke("magic_function(5)?")
     assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("magic_function", {"input": 5})]
 
 
-def test_plain_answer_with_tools_bound_streams_as_content() -> None:
-    llm, _ = scripted(["The", " answer", " is", " 5", "."])
+def test_plain_answer_with_tools_bound_streams_as_content(scripted_chat: Any) -> None:
+    llm, _ = scripted_chat(["The", " answer", " is", " 5", "."])
     chunks = list(llm.bind_tools([magic_function]).stream("hi"))
     assert "".join(c.content for c in chunks) == "The answer is 5."
     assert sum(1 for c in chunks if c.content) >= 4  # really streamed, not held to the end
 
 
-def test_forced_tool_choice_prefills_and_stops_at_the_end_of_the_call() -> None:
-    llm, fake = scripted([" 3", "}}", "\n</tool_call> and then", " chatter"])
+def test_forced_tool_choice_prefills_and_stops_at_the_end_of_the_call(scripted_chat: Any) -> None:
+    llm, fake = scripted_chat([" 3", "}}", "\n</tool_call> and then", " chatter"])
     msg = llm.bind_tools([magic_function], tool_choice="any").invoke("magic_function(3)?")
     prompt = fake.prompts[-1]
     assert isinstance(prompt, str)
@@ -134,20 +142,23 @@ def test_tool_choice_must_name_a_bound_tool() -> None:
         ChatRKLLM().bind_tools([magic_function], tool_choice="nope")
 
 
-def test_tool_choice_none_sends_no_tools() -> None:
-    llm, fake = scripted(["hello"])
+def test_tool_choice_none_sends_no_tools(scripted_chat: Any) -> None:
+    llm, fake = scripted_chat(["hello"])
     llm.bind_tools([magic_function], tool_choice="none").invoke("hi")
-    assert isinstance(fake.prompts[-1], list)  # plain chat messages, no tool prefill
+    prompt = fake.prompts[-1]
+    # plain chat messages, no tools and no tool prefill
+    assert prompt.endswith("\nASSISTANT:")
+    assert json.loads(prompt.split("\nASSISTANT:")[0])["tools"] == []
 
 
 @pytest.mark.parametrize("method", ["json_schema", "function_calling", "json_mode"])
-def test_structured_output_methods(method: str) -> None:
+def test_structured_output_methods(method: str, scripted_chat: Any) -> None:
     tail = "}" if method != "function_calling" else "}}"
     # json_mode knows no keys: the answer starts '{"'; with a schema the first required
     # key is written for the model (it otherwise tends to echo the schema back).
     head = 'setup":' if method == "json_mode" else ""
     pieces = [head + ' "Why', '?", "punchline": "Because."', tail, " extra words"]
-    llm, fake = scripted(pieces)
+    llm, fake = scripted_chat(pieces)
     joke = llm.with_structured_output(Joke, method=method).invoke("a joke")  # type: ignore[arg-type]
     assert joke == Joke(setup="Why?", punchline="Because.")
     prompt = fake.prompts[-1]
@@ -165,16 +176,16 @@ def no_args() -> str:
     return "x"
 
 
-def test_forced_call_of_a_tool_without_parameters_needs_no_generation() -> None:
+def test_forced_call_of_a_tool_without_parameters_needs_no_generation(scripted_chat: Any) -> None:
     # The model has nothing to fill in; whatever it writes next is not part of the call.
-    llm, fake = scripted(['{"properties": {}}}', "\n</tool_call>"])
+    llm, fake = scripted_chat(['{"properties": {}}}', "\n</tool_call>"])
     msg = llm.bind_tools([no_args], tool_choice="any").invoke("call it")
     assert fake.prompts[-1].endswith('"arguments": {}}')
     assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("no_args", {})]
 
 
-def test_broken_forced_call_keeps_the_forced_name() -> None:
-    llm, _ = scripted([' {type: "integer"}}}'])  # what SmolLM2-135M writes here
+def test_broken_forced_call_keeps_the_forced_name(scripted_chat: Any) -> None:
+    llm, _ = scripted_chat([' {type: "integer"}}}'])  # what SmolLM2-135M writes here
     msg = llm.bind_tools([magic_function], tool_choice="any").invoke("magic_function(3)?")
     assert msg.tool_calls == []
     assert [c["name"] for c in msg.invalid_tool_calls] == ["magic_function"]
@@ -188,8 +199,8 @@ def test_object_start() -> None:
     assert object_start(None) is None
 
 
-def test_structured_output_dict_schema_include_raw() -> None:
-    llm, _ = scripted([' "a", "punchline": "b"}'])  # after the prefilled '{"setup":'
+def test_structured_output_dict_schema_include_raw(scripted_chat: Any) -> None:
+    llm, _ = scripted_chat([' "a", "punchline": "b"}'])  # after the prefilled '{"setup":'
     chain = llm.with_structured_output(Joke.model_json_schema(), include_raw=True)
     out = chain.invoke("a joke")
     assert out["parsed"] == {"setup": "a", "punchline": "b"}

@@ -1,7 +1,7 @@
 """Function calling: tools reach the core, tool calls come back as LlamaIndex objects.
 
-SmolLM2-135M does not call tools, so the adapter's logic is tested with the model's
-``generate`` replaced by a scripted answer (parsed by the core's real tool-call parser);
+SmolLM2-135M does not call tools, so the adapter's logic is tested on a real core model over a
+scripted engine (the core plans and assembles the reply, only the words are fixed);
 ``RKLLM_TEST_TOOL_MODEL=qwen2.5-coder-0.5b`` adds an end-to-end run on a model whose chat
 template has tools (slow: about two minutes on two shared cores).
 """
@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallBlock
 from llama_index.core.tools import FunctionTool
+from scripted_engine import PLAIN_TEMPLATE
 
 from llamaindex_rkllm import RKLLM
 from llamaindex_rkllm.llms import to_core_message
-from rkllm_core import GenerationResult, PerfStats, Usage, parse_tool_calls
 
 pytestmark = pytest.mark.integration
 
@@ -37,69 +37,52 @@ CALL_ADD = '<tool_call>{"name": "add", "arguments": {"a": 3, "b": 4}}</tool_call
 CALL_WEATHER = '<tool_call>{"name": "weather", "arguments": {"city": "Orlen"}}</tool_call>'
 
 
-class ScriptedGenerate:
-    """Stands in for ``RKLLMModel.generate``: records the request, answers a scripted text."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.calls: list[tuple[Any, dict[str, Any]]] = []
-
-    def __call__(self, prompt: Any, **kwargs: Any) -> GenerationResult:
-        self.calls.append((prompt, kwargs))
-        content, calls, invalid = (self.text, [], [])
-        if kwargs.get("tools"):
-            content, calls, invalid = parse_tool_calls(self.text)
-        return GenerationResult(
-            text=self.text,
-            token_ids=(),
-            finish_reason="stop",
-            usage=Usage(20, 10),
-            perf=PerfStats(),
-            model="scripted",
-            tool_calls=tuple(calls),
-            invalid_tool_calls=tuple(invalid),
-            content=content,
-        )
-
-
 @pytest.fixture()
-def scripted(llm: RKLLM, monkeypatch: pytest.MonkeyPatch) -> Any:
-    def install(text: str) -> ScriptedGenerate:
-        fake = ScriptedGenerate(text)
-        monkeypatch.setattr(llm.core_model, "generate", fake)
-        return fake
+def scripted_llm(scripted: Any) -> Any:
+    """An ``RKLLM`` over a real core model whose engine answers with scripted pieces; the
+    default template has no tools support, like SmolLM2's."""
 
-    return install
+    def make(*answers: list[str], chat_template: str = PLAIN_TEMPLATE) -> tuple[RKLLM, Any]:
+        model, engine = scripted(*answers, chat_template=chat_template)
+        return RKLLM(model=model), engine
+
+    return make
 
 
-def test_tools_reach_the_core_and_calls_come_back(llm: RKLLM, scripted: Any) -> None:
-    fake = scripted(CALL_ADD)
+def test_tools_reach_the_core_and_calls_come_back(scripted_llm: Any) -> None:
+    llm, engine = scripted_llm([CALL_ADD])
     response = llm.chat_with_tools(TOOLS, user_msg="What is 3 plus 4?")
-    prompt, kwargs = fake.calls[0]
-    names = [t["function"]["name"] for t in kwargs["tools"]]
-    assert names == ["add", "weather"]
-    assert kwargs["tools"][0]["function"]["parameters"]["properties"].keys() == {"a", "b"}
-    # SmolLM2's template cannot render tools: they are described in a system message instead
-    assert prompt[0]["role"] == "system" and '"add"' in prompt[0]["content"]
-    assert prompt[-1] == {"role": "user", "content": "What is 3 plus 4?"}
+    prompt = engine.prompts[0]
+    # SmolLM2's template cannot render tools: they are described in the system turn, once
+    system = prompt.split("<|im_end|>")[0]
+    assert system.startswith("<|im_start|>system\n")
+    assert system.count('"name": "add"') == 1 and system.count('"name": "weather"') == 1
+    assert system.index('"name": "add"') < system.index('"name": "weather"')
+    assert '"properties": {"a": {' in system and '"b": {' in system
+    assert prompt.count('"name": "add"') == 1  # not listed a second time in another format
+    assert prompt.endswith(
+        "<|im_start|>user\nWhat is 3 plus 4?<|im_end|>\n<|im_start|>assistant\n"
+    )
     (selection,) = llm.get_tool_calls_from_response(response)
     assert selection.tool_name == "add"
     assert selection.tool_kwargs == {"a": 3, "b": 4}
     assert selection.tool_id.startswith("call_")
     assert response.message.content is None  # the markup is not left in the text
-    assert response.additional_kwargs["total_tokens"] == 30
+    usage = response.additional_kwargs
+    assert usage["prompt_tokens"] == len(prompt.split()) and usage["completion_tokens"] == 1
+    assert usage["total_tokens"] == usage["prompt_tokens"] + 1
 
 
-def test_parallel_calls_are_kept_only_when_allowed(llm: RKLLM, scripted: Any) -> None:
-    scripted(CALL_ADD + "\n" + CALL_WEATHER)
+def test_parallel_calls_are_kept_only_when_allowed(scripted_llm: Any) -> None:
+    llm, _ = scripted_llm([CALL_ADD + "\n" + CALL_WEATHER])
     single = llm.chat_with_tools(TOOLS, user_msg="Add 3 and 4, and the weather in Orlen")
     assert [s.tool_name for s in llm.get_tool_calls_from_response(single)] == ["add"]
     both = llm.chat_with_tools(TOOLS, user_msg="…", allow_parallel_tool_calls=True)
     assert [s.tool_name for s in llm.get_tool_calls_from_response(both)] == ["add", "weather"]
 
 
-def test_no_tool_call(llm: RKLLM, scripted: Any) -> None:
-    scripted("I do not need a tool for that.")
+def test_no_tool_call(scripted_llm: Any) -> None:
+    llm, _ = scripted_llm(["I do not need a tool for that."])
     response = llm.chat_with_tools(TOOLS, user_msg="Hello")
     assert response.message.content == "I do not need a tool for that."
     assert llm.get_tool_calls_from_response(response, error_on_no_tool_call=False) == []
@@ -107,28 +90,45 @@ def test_no_tool_call(llm: RKLLM, scripted: Any) -> None:
         llm.get_tool_calls_from_response(response)
 
 
-def test_unparsable_call_is_reported(llm: RKLLM, scripted: Any) -> None:
-    scripted('<tool_call>{"name": "add", "arguments": {"a": 3,</tool_call>')
+def test_unparsable_call_is_reported(scripted_llm: Any) -> None:
+    llm, _ = scripted_llm(['<tool_call>{"name": "add", "arguments": {"a": 3,</tool_call>'])
     response = llm.chat_with_tools(TOOLS, user_msg="What is 3 plus 4?")
     assert response.additional_kwargs["invalid_tool_calls"]
     with pytest.raises(ValueError, match="unparsable"):
         llm.get_tool_calls_from_response(response)
 
 
-def test_tool_choice_and_tool_required(llm: RKLLM, scripted: Any) -> None:
-    fake = scripted(CALL_WEATHER)
-    llm.chat_with_tools(TOOLS, user_msg="Weather?", tool_choice="weather")
-    prompt, kwargs = fake.calls[-1]
-    assert [t["function"]["name"] for t in kwargs["tools"]] == ["weather"]
-    assert "must answer with a tool call" in prompt[0]["content"]
+def test_tool_choice_and_tool_required(scripted_llm: Any) -> None:
+    # a forced call is started for the model (as in LangChain), not asked for in a sentence
+    llm, engine = scripted_llm([' "Orlen"}}'])
+    response = llm.chat_with_tools(TOOLS, user_msg="Weather?", tool_choice="weather")
+    assert engine.prompts[-1].endswith(
+        '<|im_start|>assistant\n<tool_call>\n{"name": "weather", "arguments": {"city":'
+    )
+    (selection,) = llm.get_tool_calls_from_response(response)
+    assert (selection.tool_name, selection.tool_kwargs) == ("weather", {"city": "Orlen"})
+    engine.script(['add", "arguments": {"a": 3, "b": 4}}'])
+    required = llm.chat_with_tools(TOOLS, user_msg="3 + 4?", tool_required=True)
+    assert engine.prompts[-1].endswith('<tool_call>\n{"name": "')
+    assert [s.tool_name for s in llm.get_tool_calls_from_response(required)] == ["add"]
+    engine.script(["Hello."])
     llm.chat_with_tools(TOOLS, user_msg="Hi", tool_choice="none")
-    assert "tools" not in fake.calls[-1][1]
+    assert '"name": "add"' not in engine.prompts[-1]  # no tools offered at all
+    assert engine.prompts[-1].endswith("<|im_start|>assistant\n")
     with pytest.raises(ValueError, match="nope"):
         llm.chat_with_tools(TOOLS, user_msg="Hi", tool_choice="nope")
 
 
-def test_predict_and_call_runs_the_tool(llm: RKLLM, scripted: Any, monkeypatch: Any) -> None:
-    scripted(CALL_ADD)
+def test_forced_call_naming_an_unbound_tool_is_not_valid(scripted_llm: Any) -> None:
+    llm, _ = scripted_llm(['Acme Corp.", "arguments": {}}'])
+    response = llm.chat_with_tools(TOOLS, user_msg="Who?", tool_required=True)
+    assert llm.get_tool_calls_from_response(response, error_on_no_tool_call=False) == []
+    (bad,) = response.additional_kwargs["invalid_tool_calls"]
+    assert bad["name"] == "Acme Corp." and "bound tools" in bad["error"]
+
+
+def test_predict_and_call_runs_the_tool(scripted_llm: Any, monkeypatch: Any) -> None:
+    llm, _ = scripted_llm([CALL_ADD])
     # predict_and_call takes the function-calling path only for function-calling models
     meta = llm.metadata.model_copy(update={"is_function_calling_model": True})
     monkeypatch.setattr(type(llm), "metadata", property(lambda self: meta))
@@ -208,27 +208,7 @@ def test_real_function_calling_model() -> None:
     assert "<tool_call>" in rendered and "<tool_response>\n7\n</tool_response>" in rendered
 
 
-class ScriptedStream:
-    """Stands in for a core ``TokenStream``: scripted pieces, then the scripted result."""
-
-    def __init__(self, pieces: list[str], tools: bool) -> None:
-        from rkllm_core import StreamChunk
-
-        self._chunks = [StreamChunk(p, i) for i, p in enumerate(pieces)]
-        kwargs = {"tools": [{}]} if tools else {}
-        self.result = ScriptedGenerate("".join(pieces))("", **kwargs)
-        self.closed = False
-
-    def __iter__(self) -> Any:
-        return iter(self._chunks)
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def test_streamed_tool_call_markup_is_not_answer_text(
-    llm: RKLLM, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_streamed_tool_call_markup_is_not_answer_text(scripted_llm: Any) -> None:
     pieces = [
         "Let me add. <",
         "tool",
@@ -237,20 +217,37 @@ def test_streamed_tool_call_markup_is_not_answer_text(
         "</",
     ]
     pieces += ["tool_call>"]
-    monkeypatch.setattr(llm.core_model, "stream", lambda *a, **k: ScriptedStream(pieces, True))
+    llm, _ = scripted_llm(pieces)
     chunks = list(llm.stream_chat_with_tools(TOOLS, user_msg="What is 3 plus 4?"))
-    assert "".join(c.delta or "" for c in chunks) == "Let me add. "
+    assert "".join(c.delta or "" for c in chunks) == "Let me add."
     assert all("<" not in (c.message.content or "") for c in chunks)
     (selection,) = llm.get_tool_calls_from_response(chunks[-1])
     assert (selection.tool_name, selection.tool_kwargs) == ("add", {"a": 3, "b": 4})
 
 
-def test_text_that_only_looks_like_a_tag_start_is_streamed(
-    llm: RKLLM, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_streamed_bare_json_call_is_not_answer_text(scripted_llm: Any) -> None:
+    # the LangChain adapter always held this back; LlamaIndex streamed it as the answer
+    llm, _ = scripted_llm(['{"name": "add", ', '"arguments": {"a": 3, "b": 4}}'])
+    chunks = list(llm.stream_chat_with_tools(TOOLS, user_msg="What is 3 plus 4?"))
+    assert "".join(c.delta or "" for c in chunks) == ""
+    (selection,) = llm.get_tool_calls_from_response(chunks[-1])
+    assert (selection.tool_name, selection.tool_kwargs) == ("add", {"a": 3, "b": 4})
+
+
+def test_text_that_only_looks_like_a_tag_start_is_streamed(scripted_llm: Any) -> None:
     pieces = ["1 <", " 2 and x <to"]
-    monkeypatch.setattr(llm.core_model, "stream", lambda *a, **k: ScriptedStream(pieces, True))
+    llm, _ = scripted_llm(pieces)
     chunks = list(llm.stream_chat_with_tools(TOOLS, user_msg="Is 1 < 2?"))
     assert "".join(c.delta or "" for c in chunks) == "1 < 2 and x <to"
     assert chunks[-1].message.content == "1 < 2 and x <to"
     assert llm.get_tool_calls_from_response(chunks[-1], error_on_no_tool_call=False) == []
+
+
+def test_answer_after_a_tool_result_is_never_lost(scripted_llm: Any) -> None:
+    # Qwen2.5 answering a tool result (FunctionAgent ended with an empty answer)
+    text = '{"name": "add", "arguments": {"a": 3, "b": 4}}\n{"response": "7"}'
+    llm, _ = scripted_llm([text])
+    response = llm.chat_with_tools(TOOLS, user_msg="What is 3 plus 4?")
+    assert response.message.content == text
+    assert "invalid_tool_calls" not in response.additional_kwargs
+    assert llm.get_tool_calls_from_response(response, error_on_no_tool_call=False) == []
