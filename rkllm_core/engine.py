@@ -213,7 +213,21 @@ class EngineInfo:
     template_parts: ChatTemplateParts | None = None
     bos_token: str | None = None
     eos_token: str | None = None
+    # --- what the engine can do (capabilities the layers above decide on) ---
+    raw_prompt: bool = True
+    """Prompts reach the model unchanged; False once the runtime wraps each turn in its own
+    template (NPU ``set_chat_template``): then only the turn's text is sent."""
+    supports_keep_history: bool = True
+    """The runtime can keep a conversation in its KV cache between runs (not NPU family 1.1)."""
+    per_run_sampling: bool = True
+    """Sampling values can change per run (NPU before 1.3 takes them only at init)."""
+    runtime_template: ChatTemplateParts | None = None
+    """The runtime's own template, after ``set_chat_template``."""
+    runtime_version: str | None = None
+    """The runtime library's version (NPU)."""
     extra: dict[str, object] = field(default_factory=dict)
+    """Descriptive details for people (library path, file type, checks …); nothing above the
+    engine decides on them."""
 
 
 @runtime_checkable

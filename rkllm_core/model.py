@@ -227,7 +227,7 @@ class RKLLMModel:
                 )
             return TokenInput(tuple(int(x) for x in items)), Turn(None, None, keep_history)
         messages = with_system_note(normalize_messages(items), plan.system_note)
-        if self.info.extra.get("raw_prompt") is False:
+        if not self.info.raw_prompt:
             # the runtime applies its own template (set_chat_template): it takes the turn's
             # text only, and keeps earlier turns itself when keep_history is on
             if plan.prefill:
@@ -238,7 +238,7 @@ class RKLLMModel:
             last = messages[-1]
             role = "tool" if last["role"] == "tool" else "user"
             return PromptInput(last["content"]), Turn(None, None, keep_history, role)
-        if keep_history and self.info.extra.get("supports_keep_history") is False:
+        if keep_history and not self.info.supports_keep_history:
             # the runtime cannot keep a conversation (family 1.1): send it whole every turn
             keep_history = False
 

@@ -13,7 +13,7 @@ Behaviour that differs by runtime family (what the runtime cannot do is never fa
   user calls :meth:`NPUEngine.set_chat_template`. Family 1.1 has no such call and always wraps
   text prompts in the model's built-in template: there the engine sends prompts as token ids
   (token input bypasses the template) when a tokenizer is available, and warns otherwise.
-  ``info.extra["raw_prompt"]`` says whether prompts reach the model unchanged.
+  ``info.raw_prompt`` says whether prompts reach the model unchanged.
 * **Sampling.** 1.3 takes every sampling field and ``max_new_tokens`` per run
   (``RKLLMSamplingParam``). Older families take sampling only at ``rkllm_init``: per-call
   values that differ from the :class:`RuntimeConfig` are ignored with one warning per engine
@@ -26,8 +26,8 @@ Behaviour that differs by runtime family (what the runtime cannot do is never fa
   which may deadlock) and the tokens delivered meanwhile are dropped. :meth:`NPUEngine.abort`
   calls ``rkllm_abort`` directly. A run that gets no FINISH after a stop is ended by the engine
   after a grace period.
-* **History.** 1.1 has no ``keep_history`` (every run starts empty; ``info.extra
-  ["supports_keep_history"]`` is False) and no ``rkllm_clear_kv_cache`` (clearing is a no-op).
+* **History.** 1.1 has no ``keep_history`` (every run starts empty; ``info.supports_keep_history``
+  is False) and no ``rkllm_clear_kv_cache`` (clearing is a no-op).
   1.2.0 clears the whole cache only; 1.2.1+ also clears per-batch ranges.
 * **Features by family.** logits mode from 1.2.0; role / enable_thinking, perf stats, function
   tools, kv cache size, cross attention from 1.2.1; per-run sampling and the 1.3 callback
@@ -214,16 +214,16 @@ class NPUEngine:
             template_parts=m.template_parts,
             bos_token=m.token_text("tokenizer.ggml.bos_token_id"),
             eos_token=m.token_text("tokenizer.ggml.eos_token_id"),
+            raw_prompt=self._raw_prompt or self.tokenizer is not None,
+            supports_keep_history=self.family != "1.1",
+            per_run_sampling=self.spec.sampling_per_run,
+            runtime_version=ident.sdk_version,
             extra={
-                "runtime_version": ident.sdk_version,
                 "runtime_library": str(ident.path),
                 "family_reason": ident.reason,
                 "toolkit_version": m.toolkit_version,
                 "model_max_context": m.max_context,
                 "file_type": m.get("general.file_type"),
-                "raw_prompt": self._raw_prompt or self.tokenizer is not None,
-                "supports_keep_history": self.family != "1.1",
-                "per_run_sampling": self.spec.sampling_per_run,
                 "checks": [(c.name, c.status, c.detail) for c in self.checks],
             },
         )
@@ -495,9 +495,9 @@ class NPUEngine:
         self._call("rkllm_set_chat_template", self._handle.ptr, system.encode(), prefix.encode(),
                    postfix.encode())
         self._raw_prompt = not (system or prefix or postfix)
-        self.info.extra["raw_prompt"] = self._raw_prompt or (
+        self.info.raw_prompt = self._raw_prompt or (
             not self.spec.chat_template and self.tokenizer is not None)
-        self.info.extra["runtime_template"] = ChatTemplateParts(system, prefix, postfix)
+        self.info.runtime_template = ChatTemplateParts(system, prefix, postfix)
 
     def set_function_tools(self, system: str, tools_json: str, tool_response_str: str) -> None:
         """Give the runtime's template OpenAI-style tools (runtime 1.2.1+)."""

@@ -119,7 +119,7 @@ def test_raw_prompt_mode_at_init(rt: FakeRuntime, make_engine: Any) -> None:
     if SPECS[rt.family].chat_template:
         assert (rec["chat_template.system"], rec["chat_template.prefix"],
                 rec["chat_template.postfix"]) == ("", "", "")
-        assert eng.info.extra["raw_prompt"] is True
+        assert eng.info.raw_prompt is True
     else:
         assert "chat_template.system" not in rec
         # 1.1: prompts are sent as tokens, which bypasses the built-in template
@@ -143,7 +143,7 @@ def test_info(rt: FakeRuntime, make_engine: Any) -> None:
     assert info.architecture == "qwen2" and info.hidden_size == 4
     assert info.context_length == 2048 and info.platform == "RK3588"
     assert info.eos_token == "<|im_end|>" and info.template_parts is not None
-    assert info.extra["runtime_version"] == eng.runtime.identity.sdk_version
+    assert info.runtime_version == eng.runtime.identity.sdk_version
     assert eng.tokenizer is not None and info.tokenizer == "rkllm:gpt2"
 
 
@@ -480,7 +480,7 @@ def test_chat_template_and_function_tools(rt: FakeRuntime, make_engine: Any) -> 
         rec = rt.rec()
         assert (rec["chat_template.system"], rec["chat_template.prefix"],
                 rec["chat_template.postfix"]) == ("<sys>", "<u>", "</u><a>")
-        assert eng.info.extra["raw_prompt"] is False
+        assert eng.info.raw_prompt is False
     tools = '[{"type": "function", "function": {"name": "f", "parameters": {}}}]'
     if not spec.function_tools:
         with pytest.raises(UnsupportedFeatureError):

@@ -45,9 +45,9 @@ def test_runtime_template_receives_only_the_turn(family: str, model_file: Path) 
     """After set_chat_template the runtime wraps prompts: the model layer must not render."""
     rt = fake_runtime(family)
     with RKLLMModel(str(model_file), library=str(rt.path)) as model:
-        assert model.info.extra["raw_prompt"] is True
+        assert model.info.raw_prompt is True
         model.set_chat_template("SYS", "<u>", "</u><a>")
-        assert model.info.extra["raw_prompt"] is False
+        assert model.info.raw_prompt is False
         assert rt.rec()["chat_template.prefix"] == "<u>"
         rt.script("N:6f6b:1;F")
         conversation = [
