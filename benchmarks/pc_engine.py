@@ -1,89 +1,188 @@
-"""PC engine against plain transformers generate() on the same model, prompt and greedy settings.
+"""PC engine against transformers' generate() (and llama.cpp when installed), same run.
 
-Prints time to first token and decode tokens/s of both, interleaved over several rounds in the
-same run, and the ratio engine / transformers (>= 1.0 means no overhead).
+For each model: time to first token on a chat prompt, prefill tokens/s on a longer prompt, and
+decode tokens/s, greedy, interleaved over several rounds so that a loaded machine slows every
+contender alike; medians and the ratios engine / transformers (and engine / llama.cpp). The
+load average before and after is printed: on a shared machine compare ratios, not absolutes.
 
-    .venv/bin/python benchmarks/pc_engine.py [--model smollm2] [--tokens 64] [--rounds 3]
+    .venv/bin/python benchmarks/pc_engine.py [--models smollm2,qwen2.5-coder-0.5b]
+        [--tokens 48] [--rounds 3] [--threads N]
+
+llama.cpp is timed only when ``llama_cpp`` (llama-cpp-python) is importable, on the same GGUF.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import statistics
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rkllm_core import RKLLMModel, RuntimeConfig
+from rkllm_core.pc.loading import load_pretrained
 
-PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
-
-
-def time_engine(model: RKLLMModel, n_tokens: int) -> tuple[float, float]:
-    """(time to first token in s, decode tokens/s) through the public streaming API."""
-    start = time.perf_counter()
-    first = None
-    stream = model.stream(PROMPT, max_new_tokens=n_tokens, top_k=1, repeat_penalty=1.0)
-    for _ in stream:
-        if first is None:
-            first = time.perf_counter() - start
-    total = time.perf_counter() - start
-    result = stream.result
-    assert result.usage.completion_tokens == n_tokens, result.usage
-    return first or 0.0, (n_tokens - 1) / (total - (first or 0.0))
+CHAT = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
+LONG_TEXT = (Path(__file__).parent / "data" / "invented_facts.json").read_text()
 
 
-def time_transformers(lm, ids: torch.Tensor, n_tokens: int) -> tuple[float, float]:
-    """(time to first token in s, decode tokens/s) of generate(), greedy, no early stop."""
-    kwargs = {"do_sample": False, "pad_token_id": 0}
-    with torch.inference_mode():
+@dataclass
+class Timings:
+    """Per-round figures of one contender: seconds and tokens/s."""
+
+    ttft: list[float] = field(default_factory=list)
+    prefill: list[float] = field(default_factory=list)
+    decode: list[float] = field(default_factory=list)
+
+    def row(self, name: str) -> str:
+        med = statistics.median
+        return (f"{name:<24}{1000 * med(self.ttft):>10.1f}{med(self.prefill):>16.1f}"
+                f"{med(self.decode):>14.2f}")
+
+
+class Engine:
+    """The rkllm PC engine through the public streaming API."""
+
+    def __init__(self, model: RKLLMModel) -> None:
+        self.model = model
+
+    def first_token(self, prompt: list[int]) -> float:
         start = time.perf_counter()
-        lm.generate(ids, max_new_tokens=1, min_new_tokens=1, **kwargs)
-        first = time.perf_counter() - start
+        for _ in self.model.stream(prompt, max_new_tokens=1, top_k=1):
+            break
+        return time.perf_counter() - start
+
+    def decode(self, prompt: list[int], n: int) -> float:
+        start, first = time.perf_counter(), None
+        stream = self.model.stream(prompt, max_new_tokens=n, top_k=1, repeat_penalty=1.0)
+        for _ in stream:
+            if first is None:
+                first = time.perf_counter()
+        end = time.perf_counter()
+        assert stream.result.usage.completion_tokens == n, stream.result.usage
+        return (n - 1) / (end - (first or start))
+
+
+class Transformers:
+    """transformers' own generate() on the same weights, greedy, no early stop."""
+
+    def __init__(self, lm) -> None:
+        self.lm = lm
+
+    def _generate(self, prompt: list[int], n: int) -> None:
+        ids = torch.tensor([prompt])
+        with torch.inference_mode():
+            self.lm.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                             pad_token_id=0)  # fmt: skip
+
+    def first_token(self, prompt: list[int]) -> float:
         start = time.perf_counter()
-        lm.generate(ids, max_new_tokens=n_tokens, min_new_tokens=n_tokens, **kwargs)
-        total = time.perf_counter() - start
-    return first, (n_tokens - 1) / (total - first)
+        self._generate(prompt, 1)
+        return time.perf_counter() - start
+
+    def decode(self, prompt: list[int], n: int) -> float:
+        first = self.first_token(prompt)
+        start = time.perf_counter()
+        self._generate(prompt, n)
+        return (n - 1) / (time.perf_counter() - start - first)
+
+
+class LlamaCpp:
+    """llama-cpp-python on the GGUF file itself (its own quantized kernels)."""
+
+    def __init__(self, path: str, threads: int) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=path, n_ctx=2048, n_threads=threads, verbose=False)
+        self.eos = self.llm.token_eos()
+
+    def _stream(self, prompt: list[int], n: int):
+        self.llm.reset()
+        return self.llm.create_completion(
+            prompt, max_tokens=n, temperature=0.0, top_k=1, repeat_penalty=1.0, stream=True,
+            logit_bias={self.eos: -1e9},
+        )
+
+    def first_token(self, prompt: list[int]) -> float:
+        start = time.perf_counter()
+        for _ in self._stream(prompt, 1):
+            break
+        return time.perf_counter() - start
+
+    def decode(self, prompt: list[int], n: int) -> float:
+        start, first, count = time.perf_counter(), None, 0
+        for _ in self._stream(prompt, n):
+            count += 1
+            if first is None:
+                first = time.perf_counter()
+        return (count - 1) / (time.perf_counter() - (first or start))
+
+
+def bench_model(name: str, tokens: int, rounds: int, threads: int) -> None:
+    engine_model = RKLLMModel(name, RuntimeConfig(max_context_len=2048, ignore_eos_token=True),
+                              num_threads=threads)  # fmt: skip
+    path = engine_model.info.model_path
+    chat = engine_model.tokenize(engine_model.render_chat(CHAT), True)
+    long = engine_model.tokenize(LONG_TEXT, True)[:512]
+    contenders: dict[str, Engine | Transformers | LlamaCpp] = {
+        f"rkllm PC engine ({engine_model.info.extra.get('decoder', '?')})": Engine(engine_model),
+        "transformers generate": Transformers(load_pretrained(path).model),
+    }
+    try:
+        contenders["llama.cpp"] = LlamaCpp(path, threads)
+    except ImportError:
+        pass
+    timings = {key: Timings() for key in contenders}
+    for contender in contenders.values():  # warm-up
+        contender.first_token(chat)
+        contender.decode(chat, 4)
+    for _ in range(rounds):
+        for key, contender in contenders.items():
+            t = timings[key]
+            t.ttft.append(contender.first_token(chat))
+            t.prefill.append(len(long) / contender.first_token(long))
+            t.decode.append(contender.decode(chat, tokens))
+    print(f"\n{Path(path).name}: chat prompt {len(chat)} tokens, prefill prompt {len(long)} tokens,"
+          f" {tokens} greedy tokens, median of {rounds} rounds")
+    print(f"{'':<24}{'TTFT ms':>10}{'prefill tok/s':>16}{'decode tok/s':>14}")
+    for key in contenders:
+        print(timings[key].row(key))
+    med = statistics.median
+    eng, hf = timings[next(iter(contenders))], timings["transformers generate"]
+    print(f"engine / transformers: decode {med(eng.decode) / med(hf.decode):.2f}x,"
+          f" prefill {med(eng.prefill) / med(hf.prefill):.2f}x,"
+          f" TTFT {med(hf.ttft) / med(eng.ttft):.2f}x (higher is better)")
+    if "llama.cpp" in timings:
+        cpp = timings["llama.cpp"]
+        print(f"engine / llama.cpp: decode {med(eng.decode) / med(cpp.decode):.2f}x,"
+              f" prefill {med(eng.prefill) / med(cpp.prefill):.2f}x")
+    engine_model.close()
+    contenders.clear()
+    gc.collect()
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min) {five:.2f} (5 min) on {os.cpu_count()} CPUs"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--models", default="smollm2,qwen2.5-coder-0.5b")
+    parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch (and llama.cpp) threads; default: torch's")  # fmt: skip
     args = parser.parse_args()
-
-    cfg = RuntimeConfig(max_context_len=1024, ignore_eos_token=True)
-    engine = RKLLMModel(args.model, cfg)
-    path = engine.info.model_path
-    directory, name = path.rsplit("/", 1)
-    gguf = {"gguf_file": name} if name.endswith(".gguf") else {}
-    base = directory if gguf else path
-    tok = AutoTokenizer.from_pretrained(base, **gguf)
-    lm = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, **gguf).eval()
-    ids = torch.tensor([engine.tokenize(engine.render_chat(PROMPT))])
-
-    time_engine(engine, 4)  # warm-up both
-    time_transformers(lm, ids, 4)
-    eng_ttft, eng_tps, hf_ttft, hf_tps = [], [], [], []
-    for _ in range(args.rounds):
-        a, b = time_engine(engine, args.tokens)
-        c, d = time_transformers(lm, ids, args.tokens)
-        eng_ttft.append(a)
-        eng_tps.append(b)
-        hf_ttft.append(c)
-        hf_tps.append(d)
-    engine.close()
-    med = statistics.median
-    print(f"model {name}, prompt {ids.shape[1]} tokens, {args.tokens} new tokens, greedy,"
-          f" {args.rounds} rounds (median), torch threads {torch.get_num_threads()}")
-    print(f"{'':<22}{'TTFT ms':>10}{'decode tok/s':>14}")
-    print(f"{'rkllm PC engine':<22}{1000 * med(eng_ttft):>10.1f}{med(eng_tps):>14.2f}")
-    print(f"{'transformers generate':<22}{1000 * med(hf_ttft):>10.1f}{med(hf_tps):>14.2f}")
-    print(f"decode ratio engine/transformers: {med(eng_tps) / med(hf_tps):.3f}"
-          f"  (TTFT ratio transformers/engine: {med(hf_ttft) / med(eng_ttft):.3f})")
-    del tok
+    threads = args.threads or torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads; before: {_load()}")
+    for name in args.models.split(","):
+        bench_model(name.strip(), args.tokens, args.rounds, threads)
+    print(f"\nafter: {_load()}")
 
 
 if __name__ == "__main__":

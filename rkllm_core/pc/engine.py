@@ -34,7 +34,9 @@ from ..engine import (
     TokenInput,
 )
 from ..errors import ConfigError, ContextLengthError, GenerationError
+from .decoder import build_decoder
 from .detokenize import IncrementalDecoder
+from .kv_cache import StaticKVCache
 from .loading import load_pretrained
 from .sampling import Sampler
 
@@ -46,6 +48,10 @@ class PCEngine:
 
     Keeps one KV cache like the runtime: ``keep_history`` runs append to it, other runs start
     fresh. Hidden-state and logits modes are stateless (they neither read nor change it).
+
+    Llama and Qwen2 models generate through :mod:`.decoder` (fused projections, a preallocated
+    cache; the same logits as transformers' forward), other architectures through
+    transformers; ``compact_decoder=False`` forces transformers' forward for every model.
     """
 
     def __init__(
@@ -56,6 +62,7 @@ class PCEngine:
         dtype: str = "float32",
         device: str = "cpu",
         num_threads: int | None = None,
+        compact_decoder: bool = True,
     ) -> None:
         # RuntimeConfig.enabled_cpus says how many cores the runtime may use; on the PC that
         # becomes torch's thread count (pinning would affect the whole process)
@@ -65,6 +72,7 @@ class PCEngine:
         loaded = load_pretrained(model, dtype=dtype)
         self._model = loaded.model.to(device)
         self._device = torch.device(device)
+        self._decoder = build_decoder(self._model) if compact_decoder else None
         self.tokenizer: Any = loaded.tokenizer
         self._config = config
         self._abort = threading.Event()
@@ -100,7 +108,12 @@ class PCEngine:
             chat_template=getattr(self.tokenizer, "chat_template", None),
             bos_token=self.tokenizer.bos_token,
             eos_token=self.tokenizer.eos_token,
-            extra={"source_format": loaded.source_format, "device": device, "dtype": dtype},
+            extra={
+                "source_format": loaded.source_format,
+                "device": device,
+                "dtype": dtype,
+                "decoder": "compact" if self._decoder is not None else "transformers",
+            },
         )
         if config.max_context_len > (self.info.context_length or config.max_context_len):
             log.warning(
@@ -137,6 +150,8 @@ class PCEngine:
         return ids
 
     def _new_cache(self) -> Any:
+        if self._decoder is not None:
+            return self._decoder.new_cache(self._config.max_context_len)
         from transformers import DynamicCache
 
         return DynamicCache()
@@ -145,6 +160,8 @@ class PCEngine:
         """Append ``ids`` (or ``embeds``) to the KV cache; return the last position's logits."""
         if self._cache is None:
             self._cache = self._new_cache()
+        if self._decoder is not None:
+            return self._decoder.forward(self._cache, ids, embeds)
         kwargs: dict[str, Any] = {self._cache_kwarg: self._cache, "use_cache": True}
         if embeds is not None:
             kwargs["inputs_embeds"] = embeds.to(self._device).unsqueeze(0)
@@ -154,7 +171,10 @@ class PCEngine:
         return out.logits[0, -1]
 
     def _reset_cache(self) -> None:
-        self._cache = None
+        if isinstance(self._cache, StaticKVCache):
+            self._cache.clear()  # keep the buffers for the next request
+        else:
+            self._cache = None
         self._cache_ids = []
         self._pending = []
 
@@ -399,6 +419,8 @@ class PCEngine:
         """Restore a KV cache saved with save_prompt_cache (token ids, re-prefilled)."""
         data = np.load(path)
         ids = [int(x) for x in data["ids"]]
+        if len(ids) > self._config.max_context_len:
+            raise ContextLengthError(len(ids), self._config.max_context_len, f"prompt cache {path}")
         self._reset_cache()
         with torch.inference_mode():
             self._forward(ids)
@@ -415,6 +437,8 @@ class PCEngine:
         self._closed = True
         self._abort.set()
         self._reset_cache()
+        self._cache = None
+        self._decoder = None
         self._model = None
 
 

@@ -1,0 +1,180 @@
+"""The compact decoder forward and its static KV cache against transformers' own forward.
+
+Tiny random Llama and Qwen2 models (no download): the same logits at every step (prefill,
+a prefill continuing a cache, single-token decode, embedding input), the same greedy tokens,
+and the fallback to transformers for architectures the compact forward does not cover.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+
+from rkllm_core import RKLLMModel, RuntimeConfig
+from rkllm_core.pc.decoder import build_decoder
+from rkllm_core.pc.kv_cache import StaticKVCache
+
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def _tiny(family: str, seed: int = 0):
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Phi3Config,
+        Phi3ForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    common = {
+        "vocab_size": 101,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+    }
+    torch.manual_seed(seed)
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=False))
+    elif family == "llama-rope-scaled":
+        scaling = {"rope_type": "linear", "factor": 2.0}
+        model = LlamaForCausalLM(LlamaConfig(**common, rope_scaling=scaling))
+    elif family == "qwen2":  # q/k/v biases
+        model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=False))
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                    proj.bias.normal_(0.0, 0.5)
+    elif family == "phi3":
+        model = Phi3ForCausalLM(Phi3Config(**common, pad_token_id=0))
+    else:
+        raise ValueError(family)
+    with torch.no_grad():  # sharper logits: greedy paths that depend on every digit
+        model.lm_head.weight.mul_(4.0)
+    return model.eval()
+
+
+def _hf_step(model, cache, ids=None, embeds=None) -> torch.Tensor:
+    """transformers' own forward: the last position's logits, appending to ``cache``."""
+    params = inspect.signature(model.forward).parameters
+    kwargs = {"cache" if "cache" in params else "past_key_values": cache, "use_cache": True}
+    if embeds is not None:
+        kwargs["inputs_embeds"] = embeds.unsqueeze(0)
+    else:
+        kwargs["input_ids"] = torch.tensor([ids])
+    return model(**kwargs).logits[0, -1]
+
+
+@pytest.mark.parametrize("family", ["llama", "llama-rope-scaled", "qwen2"])
+def test_logits_match_transformers_at_every_step(family: str) -> None:
+    from transformers import DynamicCache
+
+    model = _tiny(family)
+    decoder = build_decoder(model)
+    assert decoder is not None
+    # q/k/v and gate/up run as one matrix each; the modules now view the fused weights
+    assert decoder.layers[0].qkv is not None and decoder.layers[0].gate_up is not None
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert q_proj.weight.data_ptr() == decoder.layers[0].qkv.data_ptr()
+    hf_cache, cache = DynamicCache(), decoder.new_cache(128)
+    steps = [list(range(3, 20)), [40, 41, 42, 43], [7], [8], [9]]
+    with torch.inference_mode():
+        for ids in steps:
+            expect = _hf_step(model, hf_cache, ids)
+            got = decoder.forward(cache, ids)
+            torch.testing.assert_close(got, expect, **TOL)
+        embeds = torch.randn(5, 64)
+        torch.testing.assert_close(
+            decoder.forward(cache, embeds=embeds), _hf_step(model, hf_cache, embeds=embeds), **TOL
+        )
+    assert cache.length == sum(len(s) for s in steps) + 5
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_greedy_tokens_equal_transformers_generate(family: str) -> None:
+    model = _tiny(family, seed=1)
+    prompt = [5, 17, 33, 2, 90, 61]
+    with torch.inference_mode():
+        expect = model.generate(
+            torch.tensor([prompt]), max_new_tokens=40, min_new_tokens=40, do_sample=False
+        )[0, len(prompt) :].tolist()
+        decoder = build_decoder(model)
+        cache = decoder.new_cache(64)  # grows past its first allocation on the way
+        logits, got = decoder.forward(cache, prompt), []
+        for _ in range(40):
+            got.append(int(torch.argmax(logits)))
+            logits = decoder.forward(cache, [got[-1]])
+    assert got == expect
+    assert len(set(got)) > 3  # a varied sequence, not one repeated token
+
+
+def test_quantized_layers_run_as_modules_with_their_numerics() -> None:
+    from transformers import DynamicCache
+
+    from rkllm_core.toolkit.quant.pipeline import replace_modules
+    from rkllm_core.toolkit.quant.qlinear import QuantLinear
+
+    model = _tiny("llama", seed=2)
+    generator = torch.Generator().manual_seed(0)
+    new = {}
+    for name, module in model.named_modules():
+        if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj")):
+            q = torch.randint(-127, 128, module.weight.shape, generator=generator)
+            scales = module.weight.abs().amax(dim=1, keepdim=True).half() / 127
+            new[name] = QuantLinear.from_quantized(q, scales, "w8a8", act_scale=0.05)
+    replace_modules(model, new)
+    decoder = build_decoder(model)
+    assert decoder.layers[0].qkv is None and decoder.layers[0].gate_up is None
+    hf_cache, cache = DynamicCache(), decoder.new_cache(64)
+    with torch.inference_mode():
+        for ids in ([1, 2, 3, 4, 5], [6], [7]):
+            torch.testing.assert_close(
+                decoder.forward(cache, ids), _hf_step(model, hf_cache, ids), **TOL
+            )
+
+
+def test_other_architectures_fall_back_to_transformers() -> None:
+    assert build_decoder(_tiny("phi3")) is None
+
+
+def test_static_cache_grows_keeps_contents_and_refuses_past_capacity() -> None:
+    cache = StaticKVCache(2, 3, 4, capacity=10, initial=2)
+    first = torch.arange(3 * 2 * 4, dtype=torch.float32).view(3, 2, 4)
+    cache.reserve(2)
+    for layer in range(2):
+        cache.write(layer, first, -first)
+    cache.advance(2)
+    cache.reserve(5)  # 7 positions: reallocated (capped at the capacity), contents kept
+    assert cache.keys.shape[2] >= 7
+    keys, values = cache.layer(1, 2)
+    assert torch.equal(keys, first) and torch.equal(values, -first)
+    with pytest.raises(ValueError, match="at most 10"):
+        cache.reserve(9)
+    cache.clear()
+    assert cache.length == 0
+
+
+@pytest.mark.parametrize("params", [
+    {"top_k": 1, "repeat_penalty": 1.0},
+    {"top_k": 1, "repeat_penalty": 1.3, "frequency_penalty": 0.2},
+    {"top_k": 20, "top_p": 0.9, "temperature": 0.8, "seed": 7},
+    {"mirostat": 2, "seed": 3},
+])
+def test_engine_outputs_do_not_depend_on_the_decoder(tiny_model_dir: Path, params: dict) -> None:
+    cfg = RuntimeConfig(max_context_len=64, max_new_tokens=24)
+    runs = {}
+    for compact in (True, False):
+        with RKLLMModel(tiny_model_dir, cfg, compact_decoder=compact) as model:
+            assert model.info.extra["decoder"] == ("compact" if compact else "transformers")
+            first = model.generate("The quick brown fox", keep_history=True, **params)
+            # a second turn continues the cache; a long one shifts the context window
+            second = model.generate(" jumps over the lazy dog" * 6, keep_history=True, **params)
+            runs[compact] = (first.token_ids, second.token_ids, model.kv_cache_size())
+    assert runs[True] == runs[False]
+    assert len(runs[True][0]) > 0
