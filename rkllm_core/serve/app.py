@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..model import RKLLMModel
+from .. import RKLLMModel
 from .admission import Admission
 from .auth import BearerAuth
 from .config import ServeConfig
@@ -365,6 +365,7 @@ async def ready(request: Request) -> Response:
         "queue_depth": admission.waiting,
         "running": min(1, admission.admitted),
         "max_queue": admission.max_queue,
+        "rejected_total": admission.refused,
     }
     if admission.draining:
         return JSONResponse({"status": "draining", **facts}, status_code=503)

@@ -60,8 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: rkllm serve needs the server extra ({exc.name} is missing):"
               " pip install 'rkllm-py[serve]'", file=sys.stderr)
         return 2
-    from ..config import RuntimeConfig
-    from ..model import RKLLMModel
+    from .. import RKLLMModel, RuntimeConfig
     from .config import ServeConfig
 
     config = ServeConfig(

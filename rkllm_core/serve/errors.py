@@ -11,7 +11,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..errors import (
+from .. import (
     AbortedError,
     ConfigError,
     ContextLengthError,

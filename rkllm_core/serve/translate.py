@@ -14,8 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..config import SamplingParams
-from ..results import GenerationResult, ToolCall, Usage
+from .. import GenerationResult, SamplingParams, ToolCall, Usage
 from .errors import APIError, bad_request
 from .schema import ChatCompletionRequest, CompletionRequest, SamplingFields
 

@@ -4,7 +4,12 @@ It stands in for a model where the model's own speed would dominate (queueing, a
 shutdown, routing), and goes through the real :class:`rkllm_core.RKLLMModel` (its worker queue,
 streams, stop strings and tool-call parsing); only the engine below it is replaced.
 
-Answers, from the last user turn of the prompt:
+Answers, from the end of the prompt (the core's prefill, when it wrote one):
+- a forced tool call started (``<tool_call>{"name": "`` or ``… "arguments": {"city":``) →
+  the rest of a ``get_weather`` call for Paris;
+- a JSON answer started (``{"`` or ``{"<key>":``) → the rest of an object;
+
+and from the last user turn of the prompt:
 - ``count to N`` → ``1 2 … N`` (one token per number);
 - a question about the weather with tools offered → a ``<tool_call>`` for ``get_weather``;
 - anything else → ``You said: <the text>`` (one token per word).
@@ -64,16 +69,32 @@ def user_text(prompt: str) -> str:
     return turns[-1].strip() if turns else prompt.strip()
 
 
+def _pieces(text: str, size: int = 5) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
 def answer_tokens(prompt: str) -> list[str]:
     """The scripted answer to ``prompt``, as tokens."""
     text = user_text(prompt)
+    tail = prompt[-80:]
+    if tail.endswith('{"name": "'):
+        return _pieces('get_weather", "arguments": {"city": "Paris"}}\n</tool_call>')
+    if tail.endswith('"arguments": {"city":'):
+        return _pieces(' "Paris"}}\n</tool_call>')
+    if tail.endswith('"arguments": {}}'):
+        return _pieces("\n</tool_call>")
+    key = re.search(r'\{"(\w+)":$', tail)
+    if key:
+        return _pieces(' "' + text.replace('"', "'") + '"} and some chatter after it')
+    if tail.endswith('{"'):
+        return _pieces('answer": "' + text.replace('"', "'") + '"} and some chatter after it')
     count = re.search(r"count to (\d+)", text)
     if count:
         n = int(count.group(1))
         return ["1", *[f" {i}" for i in range(2, n + 1)]]
     if "<tools>" in prompt and "weather" in text.lower():
         # split inside the tag and the JSON, as a real tokenizer would
-        return [WEATHER_CALL[i : i + 5] for i in range(0, len(WEATHER_CALL), 5)]
+        return _pieces(WEATHER_CALL)
     words = f"You said: {text}".split(" ")
     return [words[0], *[f" {w}" for w in words[1:]]]
 

@@ -170,6 +170,7 @@ def test_full_queue_answers_429_with_retry_after() -> None:
             api = openai.OpenAI(base_url=srv.base_url, api_key="x", max_retries=0)
             with pytest.raises(openai.RateLimitError):
                 api.embeddings.create(model="scripted", input="x")
+            assert httpx.get(srv.root_url + "/ready").json()["rejected_total"] == 2
             for t in threads:
                 t.join(30)
             expected = " ".join(str(i) for i in range(1, 41))
