@@ -41,7 +41,6 @@ from .translate import (
     completion_body,
     completion_choice,
     finish_reason,
-    message_content,
     new_id,
     now,
     raise_for_model,
@@ -134,17 +133,24 @@ async def parse_body(request: Request, schema: type[Body]) -> Body:
 # --- chat completions ------------------------------------------------------------------------
 
 
-def _chat_call(model: RKLLMModel, body: ChatCompletionRequest) -> Callable[[], Any]:
-    """Validate everything up front; return what starts the model's async stream."""
+def _chat_call(model: RKLLMModel, body: ChatCompletionRequest,
+               timeout: float | None) -> Callable[[], Any]:
+    """Validate what the server can up front; return what starts the model's async stream.
+
+    Tools, tool_choice and response_format go to the core as they are: it plans the reply
+    (forced calls, JSON prefill), holds tool-call markup back while content streams, and
+    parses the calls, as for every framework adapter.
+    """
     kwargs = sampling_kwargs(body)
     messages = chat_messages(body.messages)
     tools = check_tools(body.tools)
-    check_response_format(body.response_format)
-    if body.tool_choice == "none":
-        tools = None
+    response_format = check_response_format(body.response_format)
+    if body.tool_choice is not None and not tools and body.tool_choice != "none":
+        raise bad_request("tool_choice needs tools", param="tool_choice")
 
     def start() -> Any:
-        return model.astream(messages, tools=tools, **kwargs)
+        return model.astream(messages, tools=tools, tool_choice=body.tool_choice,
+                             response_format=response_format, timeout=timeout, **kwargs)
 
     return start
 
@@ -153,27 +159,20 @@ async def _chat_events(start: Callable[[], Any], body: ChatCompletionRequest, ri
                        created: int) -> AsyncIterator[dict]:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     name = body.model
-    # with tools offered the text may be a call: it is sent once the core has parsed it
-    hold = bool(body.tools) and body.tool_choice != "none"
     stream = start()
     try:
         pieces = aiter(stream)
         first = await anext(pieces, None)  # the request has started (or failed) by now
         yield chat_chunk(rid, created, name, {"role": "assistant", "content": ""},
                          with_usage=include_usage)
-        if first is not None and first.text and not hold:
+        if first is not None and first.text:
             yield chat_chunk(rid, created, name, {"content": first.text},
                              with_usage=include_usage)
         async for piece in pieces:
-            if piece.text and not hold:
+            if piece.text:
                 yield chat_chunk(rid, created, name, {"content": piece.text},
                                  with_usage=include_usage)
         result = await stream.aresult()
-        if hold:
-            content = message_content(result)
-            if content:
-                yield chat_chunk(rid, created, name, {"content": content},
-                                 with_usage=include_usage)
         if result.tool_calls:
             calls = [tool_call_body(c, i) for i, c in enumerate(result.tool_calls)]
             yield chat_chunk(rid, created, name, {"tool_calls": calls}, with_usage=include_usage)
@@ -188,7 +187,7 @@ async def chat_completions(request: Request) -> Any:
     state: ServerState = request.app.state.server
     body = await parse_body(request, ChatCompletionRequest)
     model = state.ready_model(body.model)
-    start = _chat_call(model, body)
+    start = _chat_call(model, body, state.config.request_timeout_s)
     rid, created = new_id("chatcmpl"), now()
     ticket = state.admission.acquire()
     if body.stream:
@@ -218,12 +217,13 @@ def _prompts(prompt: Any) -> list[str | list[int]]:
     return list(prompt)
 
 
-async def _completion_events(model: RKLLMModel, prompts: list, kwargs: dict, body:
-                             CompletionRequest, rid: str, created: int) -> AsyncIterator[dict]:
+async def _completion_events(model: RKLLMModel, prompts: list, kwargs: dict,
+                             timeout: float | None, body: CompletionRequest, rid: str,
+                             created: int) -> AsyncIterator[dict]:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     prompt_tokens = completion_tokens = 0
     for index, prompt in enumerate(prompts):
-        stream = model.astream(prompt, **kwargs)
+        stream = model.astream(prompt, timeout=timeout, **kwargs)
         try:
             async for piece in stream:
                 if piece.text:
@@ -249,17 +249,18 @@ async def completions(request: Request) -> Any:
     model = state.ready_model(body.model)
     kwargs = sampling_kwargs(body)
     prompts = _prompts(body.prompt)
+    timeout = state.config.request_timeout_s
     rid, created = new_id("cmpl"), now()
     ticket = state.admission.acquire()
     if body.stream:
         return EventStreamAnswer(
-            _completion_events(model, prompts, kwargs, body, rid, created), ticket
+            _completion_events(model, prompts, kwargs, timeout, body, rid, created), ticket
         )
 
     async def compute() -> dict:
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for index, prompt in enumerate(prompts):
-            stream = model.astream(prompt, **kwargs)
+            stream = model.astream(prompt, timeout=timeout, **kwargs)
             try:
                 result = await stream.aresult()
             finally:

@@ -24,6 +24,9 @@ class ServeConfig(BaseModel):
     api_key: str | None = None
     max_queue: int = Field(16, ge=0, description="requests waiting behind the running one")
     grace_s: float = Field(30.0, ge=0.0, description="seconds SIGTERM waits for requests")
+    request_timeout_s: float | None = Field(
+        None, gt=0.0, description="seconds a request may take, queue time included"
+    )
     served_names: tuple[str, ...] = Field(
         (), description="model names clients may send; the first is listed by /v1/models"
     )

@@ -16,6 +16,7 @@ from .. import (
     ConfigError,
     ContextLengthError,
     ModelClosedError,
+    RequestTimeoutError,
     RKLLMError,
     ToolCallParseError,
 )
@@ -76,6 +77,8 @@ def from_core(exc: BaseException) -> APIError:
             503, "the server is shutting down; retry on another server",
             type="server_error", code="shutting_down", headers={"Retry-After": "1"},
         )
+    if isinstance(exc, RequestTimeoutError):
+        return APIError(504, str(exc), type="timeout_error", code="request_timeout")
     if isinstance(exc, AbortedError):
         return APIError(503, str(exc), type="server_error", code="aborted")
     if isinstance(exc, RKLLMError):

@@ -211,8 +211,8 @@ def tool_call_body(call: ToolCall, index: int | None = None) -> dict[str, Any]:
 
 
 def finish_reason(result: GenerationResult) -> str:
-    """OpenAI finish_reason of a finished result."""
-    if result.tool_calls:
+    """OpenAI finish_reason of a finished result (the core's, where OpenAI has it)."""
+    if result.tool_calls or result.finish_reason == "tool_calls":
         return "tool_calls"
     if result.finish_reason == "length":
         return "length"
@@ -220,12 +220,10 @@ def finish_reason(result: GenerationResult) -> str:
 
 
 def message_content(result: GenerationResult) -> str | None:
-    """The assistant content: text without tool-call markup (None when only calls)."""
-    if result.invalid_tool_calls and not result.tool_calls:
-        return result.text  # a broken call: show what the model wrote rather than nothing
-    if result.tool_calls:
-        return result.content or None
-    return result.content if result.content or not result.text else result.text
+    """The assistant content as the core assembled it (None when the reply is only calls)."""
+    if result.tool_calls and not result.content:
+        return None
+    return result.content
 
 
 def chat_response(rid: str, created: int, model: str, result: GenerationResult) -> dict:

@@ -23,7 +23,6 @@ import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 
@@ -236,5 +235,4 @@ class ScriptedEngine:
 
 def scripted_model(engine: ScriptedEngine, config: RuntimeConfig | None = None) -> RKLLMModel:
     """A real RKLLMModel whose engine is ``engine``."""
-    with mock.patch("rkllm_core.model._make_engine", return_value=engine):
-        return RKLLMModel(engine.info.model_name, config or RuntimeConfig(), backend="pc")
+    return RKLLMModel.from_engine(engine, config or RuntimeConfig())

@@ -276,3 +276,29 @@ def test_ready_reports_loading_then_ready() -> None:
     finally:
         srv.stop()
     assert engine.closed  # the server loaded it, so the server closed it
+
+
+def test_tool_choice_naming_an_unbound_tool_is_400(server: BackgroundServer) -> None:
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+    error = assert_error(httpx.post(server.root_url + CHAT, json=chat_body(
+        tools=[tool], tool_choice={"type": "function", "function": {"name": "launch"}})), 400)
+    assert "launch" in error["message"]
+    assert_error(httpx.post(server.root_url + CHAT, json=chat_body(tool_choice="required")),
+                 400, param="tool_choice")
+
+
+def test_request_timeout_counts_queue_time_and_is_504() -> None:
+    engine = ScriptedEngine(token_delay=0.01)
+    slow = scripted_model(engine)
+    config = ServeConfig(port=0, request_timeout_s=0.3, served_names=("scripted",))
+    try:
+        with BackgroundServer(slow, config) as srv:
+            error = assert_error(httpx.post(srv.root_url + CHAT, json=chat_body("count to 500")),
+                                 504, "request_timeout")
+            assert error["type"] == "timeout_error"
+            _wait(lambda: not engine.is_running())
+            assert engine.tokens_sent < 60  # stopped at the deadline, not run to the end
+            ok = httpx.post(srv.root_url + CHAT, json=chat_body("count to 3"))
+            assert ok.json()["choices"][0]["message"]["content"] == "1 2 3"
+    finally:
+        slow.close()

@@ -242,3 +242,84 @@ def test_models_endpoint(server: BackgroundServer) -> None:
     assert api.models.retrieve("scripted").id == "scripted"
     with pytest.raises(openai.NotFoundError):
         api.models.retrieve("gpt-4o")
+
+
+SEARCH_TOOL = {
+    "type": "function",
+    "function": {"name": "search", "parameters": {"type": "object", "properties": {
+        "query": {"type": "string"}}, "required": ["query"]}},
+}
+
+
+@pytest.mark.parametrize("tool_choice", [
+    "required", {"type": "function", "function": {"name": "get_weather"}},
+])
+def test_forced_tool_choice_is_prefilled_by_the_core(server: BackgroundServer,
+                                                     engine: ScriptedEngine,
+                                                     tool_choice: object) -> None:
+    # the user does not ask for the weather: only the core's prefill makes the call
+    tools = [WEATHER_TOOL] if tool_choice == "required" else [WEATHER_TOOL, SEARCH_TOOL]
+    reply = client(server).chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "hello"}], tools=tools,
+        tool_choice=tool_choice,
+    )
+    (call,) = reply.choices[0].message.tool_calls
+    assert call.function.name == "get_weather"
+    assert call.function.arguments == '{"city": "Paris"}'
+    assert reply.choices[0].finish_reason == "tool_calls"
+    assert reply.choices[0].message.content is None
+
+
+def test_forced_tool_choice_streamed(server: BackgroundServer) -> None:
+    chunks = list(client(server).chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "hello"}], stream=True,
+        tools=[WEATHER_TOOL, SEARCH_TOOL], tool_choice="required",
+    ))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == ""
+    calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+    assert [(c.function.name, c.function.arguments) for c in calls] == [
+        ("get_weather", '{"city": "Paris"}')]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_json_object_response_format(server: BackgroundServer) -> None:
+    import json
+
+    api = client(server)
+    reply = api.chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "say yes"}],
+        response_format={"type": "json_object"},
+    )
+    # the engine would go on chatting after the object: the core stops it once it closes
+    assert json.loads(reply.choices[0].message.content) == {"answer": "say yes"}
+    assert reply.choices[0].finish_reason == "stop"
+    streamed = "".join(c.choices[0].delta.content or "" for c in api.chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "say yes"}], stream=True,
+        response_format={"type": "json_object"},
+    ))
+    assert json.loads(streamed) == {"answer": "say yes"}
+
+
+def test_json_schema_response_format(server: BackgroundServer) -> None:
+    import json
+
+    schema = {"type": "object", "properties": {"city": {"type": "string"}},
+              "required": ["city"]}
+    reply = client(server).chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "Paris"}],
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "place", "schema": schema}},
+    )
+    assert json.loads(reply.choices[0].message.content) == {"city": "Paris"}
+
+
+def test_openai_parse_helper_with_a_pydantic_model(server: BackgroundServer) -> None:
+    from pydantic import BaseModel
+
+    class Place(BaseModel):
+        city: str
+
+    parsed = client(server).chat.completions.parse(
+        model="scripted", messages=[{"role": "user", "content": "Lyon"}], response_format=Place,
+    )
+    assert parsed.choices[0].message.parsed == Place(city="Lyon")
