@@ -1,10 +1,16 @@
-"""The server on the real demo model (SmolLM2), and the ``rkllm serve`` command."""
+"""The server on real models (SmolLM2, a tiny random Llama), and the ``rkllm serve`` command."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -59,3 +65,34 @@ def test_serve_subcommand_is_registered_and_lazy() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_rkllm_serve_command_end_to_end(tiny_model_dir: Path) -> None:
+    """The real command on a tiny PC model: loads, answers, drains on SIGTERM, exits 0."""
+    command = [sys.executable, "-m", "rkllm_core.cli", "serve", str(tiny_model_dir),
+               "--port", "0", "--max-new-tokens", "6", "--api-key", "k", "--grace", "5"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        assert proc.stdout is not None
+        root = re.search(r"listening on (http://\S+)", proc.stdout.readline()).group(1)
+        headers = {"Authorization": "Bearer k"}
+        deadline = time.monotonic() + 120
+        while httpx.get(root + "/ready", headers=headers).status_code != 200:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        api = openai.OpenAI(base_url=root + "/v1", api_key="k", max_retries=0)
+        (listed,) = api.models.list().data
+        assert listed.id == tiny_model_dir.name  # a path: served under the model's own name
+        reply = api.chat.completions.create(model=listed.id,
+                                            messages=[{"role": "user", "content": "hi"}])
+        assert reply.usage.completion_tokens == 6 and reply.choices[0].finish_reason == "length"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr
+        assert "model closed" in stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
