@@ -208,8 +208,11 @@ class CompactDecoder:
         cache: StaticKVCache,
         ids: Sequence[int] | None = None,
         embeds: torch.Tensor | None = None,
+        *,
+        all_rows: bool = False,
     ) -> torch.Tensor:
-        """Append ``ids`` (or ``[n, hidden]`` ``embeds``) to ``cache``; the last logits row."""
+        """Append ``ids`` (or ``[n, hidden]`` ``embeds``) to ``cache``; the last logits row
+        (``[vocab]``), or with ``all_rows`` the logits of every new position (``[n, vocab]``)."""
         if embeds is not None:
             x = embeds.to(device=self.device, dtype=self.dtype)
         else:
@@ -228,8 +231,9 @@ class CompactDecoder:
         for index, layer in enumerate(self.layers):
             x = self._layer_forward(index, layer, x, cache, rope, mask)
         cache.advance(n_new)
-        last = self.final_norm(x[-1:])
-        return self.lm_head(last)[0]
+        if all_rows:
+            return self.lm_head(self.final_norm(x))
+        return self.lm_head(self.final_norm(x[-1:]))[0]
 
     def _layer_forward(
         self,

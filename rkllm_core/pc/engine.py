@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import RuntimeConfig
+from ..config import ResolvedSampling, RuntimeConfig
 from ..engine import (
     ChatTemplateParts,
     EmbedInput,
@@ -38,6 +38,7 @@ from .decoder import build_decoder
 from .detokenize import IncrementalDecoder
 from .kv_cache import StaticKVCache
 from .loading import load_pretrained
+from .lookahead import PromptLookup
 from .sampling import Sampler
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class PCEngine:
         device: str = "cpu",
         num_threads: int | None = None,
         compact_decoder: bool = True,
+        lookahead: int = 4,
     ) -> None:
         # RuntimeConfig.enabled_cpus says how many cores the runtime may use; on the PC that
         # becomes torch's thread count (pinning would affect the whole process)
@@ -73,6 +75,9 @@ class PCEngine:
         self._model = loaded.model.to(device)
         self._device = torch.device(device)
         self._decoder = build_decoder(self._model) if compact_decoder else None
+        if lookahead < 0:
+            raise ConfigError(f"lookahead must be >= 0 (0 turns guessing off), not {lookahead}")
+        self._lookahead = lookahead
         self.tokenizer: Any = loaded.tokenizer
         self._config = config
         self._abort = threading.Event()
@@ -269,33 +274,18 @@ class PCEngine:
         sampler = Sampler(params, int(logits.shape[-1]))
         decoder = IncrementalDecoder(self.tokenizer, self._config.skip_special_token)
         generated: list[int] = []
-        reason: FinishReason = "length"
         decode_start = time.perf_counter()
-        while True:
-            token = sampler(logits, self._cache_ids[-params.repeat_last_n :] + generated)
-            generated.append(token)
-            is_eos = token in self._eos_ids and not self._config.ignore_eos_token
-            if is_eos:
-                # the runtime does not surface the EOS token's text
-                reason = "stop"
-                self._pending = [token]
-                break
-            keep_going = sink.emit(TokenEvent(decoder.push(token), token))
-            if not keep_going:
-                reason = "stop"
-                self._pending = [token]
-                break
-            if self._abort.is_set():
-                reason = "abort"
-                self._pending = [token]
-                break
-            if len(generated) >= params.max_new_tokens:
-                self._pending = [token]
-                break
-            if len(self._cache_ids) + 1 > limit:
-                self._shift_window(1)
-            logits = self._forward([token])
-            self._cache_ids.append(token)
+        # greedy picks are deterministic: guessed continuations can be checked in one pass
+        lookup = None
+        if self._decoder is not None and params.greedy and self._lookahead > 0:
+            lookup = PromptLookup(self._cache_ids, max_draft=self._lookahead)
+        guesses: list[tuple[int, torch.Tensor]] = []  # forwarded, not yet confirmed
+        try:
+            reason = self._decode_loop(
+                params, sampler, decoder, sink, generated, logits, lookup, guesses
+            )
+        finally:
+            self._drop_guesses(guesses)
         tail = decoder.flush()
         if tail and reason != "stop":
             sink.emit(TokenEvent(tail, -1))
@@ -310,6 +300,71 @@ class PCEngine:
                 completion_tokens=len(generated),
             )
         )
+
+    def _decode_loop(
+        self,
+        params: ResolvedSampling,
+        sampler: Sampler,
+        decoder: IncrementalDecoder,
+        sink: Sink,
+        generated: list[int],
+        logits: torch.Tensor,
+        lookup: PromptLookup | None,
+        guesses: list[tuple[int, torch.Tensor]],
+    ) -> FinishReason:
+        """Sample, emit and forward token by token until a stop; the finish reason."""
+        while True:
+            token = sampler(logits, self._cache_ids[-params.repeat_last_n :] + generated)
+            generated.append(token)
+            is_eos = token in self._eos_ids and not self._config.ignore_eos_token
+            if is_eos:
+                # the runtime does not surface the EOS token's text
+                self._pending = [token]
+                return "stop"
+            keep_going = sink.emit(TokenEvent(decoder.push(token), token))
+            if not keep_going:
+                self._pending = [token]
+                return "stop"
+            if self._abort.is_set():
+                self._pending = [token]
+                return "abort"
+            if len(generated) >= params.max_new_tokens:
+                self._pending = [token]
+                return "length"
+            logits = self._next_logits(token, lookup, guesses)
+
+    def _next_logits(
+        self, token: int, lookup: PromptLookup | None, guesses: list[tuple[int, torch.Tensor]]
+    ) -> torch.Tensor:
+        """Logits after ``token``: a confirmed guess's, else a forward of ``token`` (with new
+        guesses after it when ``lookup`` has some)."""
+        if guesses and guesses[0][0] == token:
+            self._cache_ids.append(token)
+            if lookup is not None:
+                lookup.extend([token])
+            return guesses.pop(0)[1]
+        self._drop_guesses(guesses)
+        limit = self._config.max_context_len
+        if len(self._cache_ids) + 1 > limit:
+            self._shift_window(1)
+        drafts: list[int] = []
+        if lookup is not None:
+            lookup.extend([token])
+            drafts = lookup.propose(limit - len(self._cache_ids) - 1)
+        if not drafts or self._decoder is None:
+            logits = self._forward([token])
+            self._cache_ids.append(token)
+            return logits
+        rows = self._decoder.forward(self._cache, [token, *drafts], all_rows=True)
+        self._cache_ids.append(token)
+        guesses.extend(zip(drafts, rows[1:], strict=True))
+        return rows[0]
+
+    def _drop_guesses(self, guesses: list[tuple[int, torch.Tensor]]) -> None:
+        """Forget forwarded guesses that were not confirmed (their cache positions too)."""
+        if guesses and isinstance(self._cache, StaticKVCache):
+            self._cache.truncate(self._cache.length - len(guesses))
+        guesses.clear()
 
     def _prefill_only(self, request: Request, sink: Sink) -> None:
         """Hidden-state or logits mode: one forward over each sequence, no cache kept."""

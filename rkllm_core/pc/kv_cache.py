@@ -72,6 +72,12 @@ class StaticKVCache:
         """Count ``n_new`` positions as written (after every layer stored them)."""
         self.length += n_new
 
+    def truncate(self, length: int) -> None:
+        """Forget the positions from ``length`` on (they are overwritten by the next write)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate {self.length} positions to {length}")
+        self.length = length
+
     def clear(self) -> None:
         """Forget every position; the buffers are kept for the next sequence."""
         self.length = 0

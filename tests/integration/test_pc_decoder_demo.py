@@ -1,7 +1,8 @@
 """The compact decoder on the demo models: greedy tokens identical to transformers' forward.
 
-The PC engine runs Llama and Qwen2 through its own forward (rkllm_core.pc.decoder); the
-engine with ``compact_decoder=False`` is the transformers forward it replaces.
+The PC engine runs Llama and Qwen2 through its own forward (rkllm_core.pc.decoder), checking
+guessed tokens in greedy decoding (rkllm_core.pc.lookahead); the engine with
+``compact_decoder=False`` is the transformers forward it replaces.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ PROMPTS = [
     [{"role": "user", "content": "Write a python function that reverses a list."}],
     [{"role": "user", "content": "Name three rivers in Europe and where they flow."}],
     "Rockchip's NPU runs language models on a board; the PC engine",
+    # an answer that quotes its context: guessed tokens get confirmed (lookahead)
+    [{"role": "user", "content": "Context: The Danube flows through Vienna, Budapest and"
+      " Belgrade before reaching the Black Sea.\nQuestion: Which cities does the Danube flow"
+      " through? Quote the context."}],
 ]
 
 
@@ -42,7 +47,7 @@ def test_smollm2_greedy_tokens_are_identical() -> None:
 
 @pytest.mark.slow
 def test_qwen_coder_greedy_tokens_are_identical() -> None:
-    runs = _greedy_runs("qwen2.5-coder-0.5b", PROMPTS[:2], 24)
+    runs = _greedy_runs("qwen2.5-coder-0.5b", [PROMPTS[0], PROMPTS[3]], 24)
     assert runs[True] == runs[False]
 
 

@@ -16,6 +16,7 @@ import torch
 from rkllm_core import RKLLMModel, RuntimeConfig
 from rkllm_core.pc.decoder import build_decoder
 from rkllm_core.pc.kv_cache import StaticKVCache
+from rkllm_core.pc.lookahead import PromptLookup
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
@@ -163,18 +164,61 @@ def test_static_cache_grows_keeps_contents_and_refuses_past_capacity() -> None:
 @pytest.mark.parametrize("params", [
     {"top_k": 1, "repeat_penalty": 1.0},
     {"top_k": 1, "repeat_penalty": 1.3, "frequency_penalty": 0.2},
+    {"top_k": 1, "stop": ["o"]},
     {"top_k": 20, "top_p": 0.9, "temperature": 0.8, "seed": 7},
     {"mirostat": 2, "seed": 3},
 ])
 def test_engine_outputs_do_not_depend_on_the_decoder(tiny_model_dir: Path, params: dict) -> None:
+    """transformers' forward, the compact one, and the compact one checking guessed tokens
+    (greedy) produce the same tokens, the same history and the same cache."""
     cfg = RuntimeConfig(max_context_len=64, max_new_tokens=24)
+    variants = {
+        "transformers": {"compact_decoder": False},
+        "compact": {"lookahead": 0},
+        "compact+lookahead": {},
+    }
     runs = {}
-    for compact in (True, False):
-        with RKLLMModel(tiny_model_dir, cfg, compact_decoder=compact) as model:
-            assert model.info.extra["decoder"] == ("compact" if compact else "transformers")
+    for name, options in variants.items():
+        with RKLLMModel(tiny_model_dir, cfg, **options) as model:
             first = model.generate("The quick brown fox", keep_history=True, **params)
             # a second turn continues the cache; a long one shifts the context window
             second = model.generate(" jumps over the lazy dog" * 6, keep_history=True, **params)
-            runs[compact] = (first.token_ids, second.token_ids, model.kv_cache_size())
-    assert runs[True] == runs[False]
-    assert len(runs[True][0]) > 0
+            engine = model._engine
+            if name != "transformers":  # every position held is a token of the history
+                assert engine._cache.length == len(engine._cache_ids)
+            runs[name] = (first.token_ids, second.token_ids, model.kv_cache_size())
+    assert runs["compact"] == runs["transformers"]
+    assert runs["compact+lookahead"] == runs["transformers"]
+    assert len(runs["compact"][0]) > 0
+
+
+def test_prompt_lookup_proposes_what_followed_the_last_ngram() -> None:
+    lookup = PromptLookup([1, 2, 3, 4, 5, 6, 9, 2, 3], max_draft=3)
+    assert lookup.propose() == [4]  # after "2 3": a 2-gram match proposes half as many
+    lookup.extend([4])
+    assert lookup.propose() == [5, 6, 9]  # after "2 3 4": a 3-gram match
+    assert lookup.propose(limit=1) == [5]
+    assert PromptLookup([7, 8, 9], max_draft=3).propose() == []  # no earlier occurrence
+    # embedding-input positions (-1) end a guess
+    assert PromptLookup([5, 6, -1, 0, 5, 6]).propose() == []
+    assert PromptLookup([5, 6, 4, -1, 5, 6], max_draft=4).propose() == [4]
+
+
+def test_guessing_decodes_in_fewer_forward_passes(tiny_model_dir: Path) -> None:
+    cfg = RuntimeConfig(max_context_len=256, max_new_tokens=60)
+    calls = {}
+    for lookahead in (0, 4):
+        with RKLLMModel(tiny_model_dir, cfg, lookahead=lookahead) as model:
+            decoder = model._engine._decoder
+            count = [0]
+            forward = decoder.forward
+
+            def counting(*args, _forward=forward, _count=count, **kwargs):
+                _count[0] += 1
+                return _forward(*args, **kwargs)
+
+            decoder.forward = counting
+            result = model.generate("The quick brown fox", top_k=1, repeat_penalty=1.0)
+            calls[lookahead] = (count[0], result.token_ids)
+    assert calls[4][1] == calls[0][1]
+    assert calls[4][0] < calls[0][0]  # the tiny model repeats itself: guesses get confirmed
