@@ -7,9 +7,10 @@ here is imported by the rest of ``rkllm_core``, so the board path runs without i
 >>> app = create_app(model, ServeConfig(api_key="secret"))   # any ASGI server can run it
 
 Modules: :mod:`.config` (options), :mod:`.schema` (OpenAI request bodies), :mod:`.translate`
-(OpenAI ↔ core), :mod:`.admission` (the bounded queue), :mod:`.auth`, :mod:`.errors`,
-:mod:`.responses` (disconnect-aware streaming), :mod:`.app` (routes), :mod:`.runner`
-(uvicorn, signals) and :mod:`.cli` (the subcommand).
+(OpenAI ↔ core), :mod:`.state` (the model and its queue), :mod:`.admission` (the bounded
+queue), :mod:`.auth`, :mod:`.errors`, :mod:`.responses` (disconnect-aware answers), the routes
+:mod:`.chat`, :mod:`.completions`, :mod:`.embeddings`, :mod:`.app` (the application, models,
+health, readiness), :mod:`.runner` (uvicorn, signals) and :mod:`.cli` (the subcommand).
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ from typing import Any
 
 import uvicorn
 
-from .app import ModelSource, ServerState, create_app, server_state
+from .app import create_app, server_state
 from .config import ServeConfig
+from .state import ModelSource, ServerState
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,12 @@ the field. Besides OpenAI's own sampling fields, the llama.cpp ones the core tak
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import bad_request
 
 
 class _Body(BaseModel):
@@ -82,3 +85,27 @@ class EmbeddingRequest(_Body):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     input_type: Literal["query", "document", "passage"] | None = None
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def parse_body(raw: bytes, schema: type[Body]) -> Body:
+    """A JSON request body validated against ``schema``; a 400 in OpenAI's shape if not."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad_request(
+            f"the request body is not valid JSON ({exc}); send a JSON object with"
+            " 'Content-Type: application/json'", code="invalid_json",
+        ) from None
+    if not isinstance(data, dict):
+        raise bad_request("the request body must be a JSON object", code="invalid_json")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        param = ".".join(str(part) for part in error["loc"]) or None
+        raise bad_request(f"{param}: {error['msg']}", param=param,
+                          code="missing_required_parameter" if error["type"] == "missing"
+                          else "invalid_value") from None

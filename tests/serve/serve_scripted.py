@@ -11,6 +11,7 @@ Answers, from the end of the prompt (the core's prefill, when it wrote one):
 
 and from the last user turn of the prompt:
 - ``count to N`` → ``1 2 … N`` (one token per number);
+- ``fail after N`` → N tokens, then the engine reports an error;
 - a question about the weather with tools offered → a ``<tool_call>`` for ``get_weather``;
 - anything else → ``You said: <the text>`` (one token per word).
 """
@@ -41,7 +42,7 @@ from rkllm_core.engine import (
     TokenEvent,
     TokenInput,
 )
-from rkllm_core.errors import ContextLengthError
+from rkllm_core.errors import ContextLengthError, GenerationError
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -151,7 +152,9 @@ class ScriptedEngine:
         start = time.perf_counter()
         self._log(f"#start {user_text(prompt)}")
         sent, reason = 0, "stop"
-        for token in answer_tokens(prompt):
+        fail = re.search(r"fail after (\d+)", user_text(prompt))
+        tokens = [f"t{i} " for i in range(int(fail.group(1)))] if fail else answer_tokens(prompt)
+        for token in tokens:
             if sent >= request.sampling.max_new_tokens:
                 reason = "length"
                 break
@@ -165,6 +168,8 @@ class ScriptedEngine:
             if not sink.emit(TokenEvent(token, zlib.crc32(token.encode()) % 50000)):
                 reason = "abort" if self._abort.is_set() else "stop"
                 break
+        if fail and reason == "stop":
+            raise GenerationError(f"scripted failure after {sent} tokens")
         if reason == "abort":
             self.aborted_runs += 1
         else:

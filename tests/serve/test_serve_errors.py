@@ -302,3 +302,25 @@ def test_request_timeout_counts_queue_time_and_is_504() -> None:
             assert ok.json()["choices"][0]["message"]["content"] == "1 2 3"
     finally:
         slow.close()
+
+
+def test_engine_error_before_and_after_the_first_token(server: BackgroundServer) -> None:
+    # before any token: a proper HTTP error, streamed or not
+    for stream in (False, True):
+        error = assert_error(httpx.post(server.root_url + CHAT,
+                                        json=chat_body("fail after 0", stream=stream)),
+                             500, "generation_error")
+        assert "scripted failure" in error["message"] and error["type"] == "server_error"
+    # mid-stream the status line is gone: the error arrives as an event, as OpenAI sends it
+    api = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+    pieces = []
+    with pytest.raises(openai.APIError, match="scripted failure after 3 tokens"):
+        for chunk in api.chat.completions.create(
+            model="scripted", messages=[{"role": "user", "content": "fail after 3"}],
+            stream=True,
+        ):
+            pieces.append(chunk.choices[0].delta.content or "")
+    assert "".join(pieces) == "t0 t1 t2 "
+    # and the server goes on serving
+    ok = httpx.post(server.root_url + CHAT, json=chat_body("count to 2"))
+    assert ok.json()["choices"][0]["message"]["content"] == "1 2"
