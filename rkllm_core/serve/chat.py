@@ -10,7 +10,7 @@ from starlette.requests import Request
 from .. import RKLLMModel
 from .errors import bad_request
 from .responses import EventStreamAnswer, JSONAnswer
-from .schema import ChatCompletionRequest, parse_body
+from .schema import ChatCompletionRequest, parse_body, read_body
 from .state import ServerState
 from .translate import (
     chat_chunk,
@@ -79,7 +79,8 @@ async def _chat_events(start: Callable[[], Any], body: ChatCompletionRequest, ri
 
 async def chat_completions(request: Request) -> Any:
     state: ServerState = request.app.state.server
-    body = parse_body(await request.body(), ChatCompletionRequest)
+    raw = await read_body(request, state.config.max_body_bytes)
+    body = parse_body(raw, ChatCompletionRequest)
     model = state.ready_model(body.model)
     start = _chat_call(model, body, state.config.request_timeout_s)
     rid, created = new_id("chatcmpl"), now()

@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="seconds SIGTERM waits for running requests before aborting them")
     parser.add_argument("--request-timeout", type=float, default=None,
                         help="seconds a request may take, queue time included (504 past it)")
+    parser.add_argument("--max-body-mb", type=float, default=16.0,
+                        help="largest request body in MiB (413 past it)")
     parser.add_argument("--served-model-name", action="append", default=[],
                         help="name clients use for the model (repeatable; default: the MODEL"
                         " argument when it is a demo name, else the model's file name)")
@@ -68,6 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(
         host=args.host, port=args.port, api_key=args.api_key or None,
         max_queue=args.max_queue, grace_s=args.grace, request_timeout_s=args.request_timeout,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         served_names=served_names(args.model, args.served_model_name),
         embeddings=args.embeddings,
     )

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from .. import RKLLMModel
 from .errors import bad_request
 from .responses import EventStreamAnswer, JSONAnswer
-from .schema import CompletionRequest, parse_body
+from .schema import CompletionRequest, parse_body, read_body
 from .state import ServerState
 from .translate import (
     completion_body,
@@ -60,7 +60,8 @@ async def _completion_events(model: RKLLMModel, prompts: list, kwargs: dict,
 
 async def completions(request: Request) -> Any:
     state: ServerState = request.app.state.server
-    body = parse_body(await request.body(), CompletionRequest)
+    raw = await read_body(request, state.config.max_body_bytes)
+    body = parse_body(raw, CompletionRequest)
     model = state.ready_model(body.model)
     kwargs = sampling_kwargs(body)
     prompts = _prompts(body.prompt)

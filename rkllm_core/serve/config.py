@@ -27,6 +27,7 @@ class ServeConfig(BaseModel):
     request_timeout_s: float | None = Field(
         None, gt=0.0, description="seconds a request may take, queue time included"
     )
+    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0, description="largest request body")
     served_names: tuple[str, ...] = Field(
         (), description="model names clients may send; the first is listed by /v1/models"
     )

@@ -11,7 +11,7 @@ from starlette.requests import Request
 
 from .errors import APIError, bad_request
 from .responses import JSONAnswer
-from .schema import EmbeddingRequest, parse_body
+from .schema import EmbeddingRequest, parse_body, read_body
 from .state import ServerState
 
 
@@ -34,7 +34,8 @@ async def embeddings(request: Request) -> Any:
     if state.config.embeddings == "off":
         raise APIError(404, "embeddings are turned off on this server (--embeddings off)",
                        code="embeddings_disabled")
-    body = parse_body(await request.body(), EmbeddingRequest)
+    raw = await read_body(request, state.config.max_body_bytes)
+    body = parse_body(raw, EmbeddingRequest)
     model = state.ready_model(body.model)
     texts = _embedding_texts(body.input)
     hidden = model.info.hidden_size

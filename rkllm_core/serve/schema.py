@@ -10,11 +10,14 @@ the field. Besides OpenAI's own sampling fields, the llama.cpp ones the core tak
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import bad_request
+from .errors import APIError, bad_request
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 
 class _Body(BaseModel):
@@ -109,3 +112,22 @@ def parse_body(raw: bytes, schema: type[Body]) -> Body:
         raise bad_request(f"{param}: {error['msg']}", param=param,
                           code="missing_required_parameter" if error["type"] == "missing"
                           else "invalid_value") from None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (memory stays bounded)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"the request body is larger than {limit} bytes (--max-body-mb)",
+                    code="request_too_large")

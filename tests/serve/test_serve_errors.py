@@ -6,6 +6,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -324,3 +325,20 @@ def test_engine_error_before_and_after_the_first_token(server: BackgroundServer)
     # and the server goes on serving
     ok = httpx.post(server.root_url + CHAT, json=chat_body("count to 2"))
     assert ok.json()["choices"][0]["message"]["content"] == "1 2"
+
+
+def test_oversized_body_is_413(model: RKLLMModel) -> None:
+    config = ServeConfig(port=0, max_body_bytes=2000, served_names=("scripted",))
+    with BackgroundServer(model, config) as srv:
+        big = chat_body("x" * 5000)
+        assert_error(httpx.post(srv.root_url + CHAT, json=big), 413, "request_too_large")
+
+        def chunked() -> Iterator[bytes]:  # no content-length: counted while read
+            payload = json.dumps(big).encode()
+            for i in range(0, len(payload), 500):
+                yield payload[i : i + 500]
+
+        assert_error(httpx.post(srv.root_url + CHAT, content=chunked()), 413,
+                     "request_too_large")
+        ok = httpx.post(srv.root_url + CHAT, json=chat_body("small"))
+        assert ok.json()["choices"][0]["message"]["content"] == "You said: small"
