@@ -180,3 +180,22 @@ def test_relative_path_that_does_not_exist_is_not_a_hub_id(tmp_path: Path,
     for text in ("models/tiny", "models/x.gguf", "org/model.gguf", "./org/m", "a/b/c", "~/m",
                  "/abs/x"):
         assert not _is_hub_id(text), text
+
+
+def test_rkllm_chat_on_a_bad_gguf_prints_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    bad = _write(tmp_path, "renamed.gguf", b"a text file, renamed\n" * 50)
+    proc = subprocess.run([sys.executable, "-m", "rkllm_core.cli", "chat", str(bad)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          input="exit\n")
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "not a GGUF file" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_pull_has_a_verify_flag() -> None:
+    from rkllm_core.cli import build_parser
+
+    args = build_parser().parse_args(["pull", "smollm2", "--verify"])
+    assert args.verify and not args.force
