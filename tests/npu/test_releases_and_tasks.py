@@ -125,3 +125,16 @@ def test_a_runtime_that_cannot_say_retries_for_a_bounded_time(family: str, make_
     assert sink.finish.reason == "stop"
     refused = [v for k, v in rt.record() if k == "run.refused"]
     assert refused  # the fixture did refuse early starts, and the retries got through
+
+
+def test_sampling_fields_come_from_one_list() -> None:
+    from rkllm_core.config import SamplingParams
+    from rkllm_core.npu.abi import SAMPLING_FIELD_NAMES
+
+    per_run = [name for name, _ in ffi_for("1.3").typeof("RKLLMSamplingParam").fields]
+    assert per_run == list(SAMPLING_FIELD_NAMES)
+    for layout in ("1.1", "1.2.0", "1.2.1b1", "1.2.1", "1.3"):
+        init = [name for name, _ in ffi_for(layout).typeof("RKLLMParam").fields]
+        assert set(SAMPLING_FIELD_NAMES) <= set(init), layout
+    assert set(SAMPLING_FIELD_NAMES) <= set(RuntimeConfig.model_fields)
+    assert set(SAMPLING_FIELD_NAMES) <= set(SamplingParams.model_fields)
