@@ -180,7 +180,7 @@ class RKLLM(SamplingFields, FunctionCallingLLM):  # type: ignore[misc,valid-type
             values["stop"] = self.stop
         return values
 
-    def _options(self, kwargs: dict[str, Any], *, chat: bool) -> dict[str, Any]:
+    def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Core keyword arguments of one call: the reply's, then sampling merged by the core."""
         kwargs = dict(kwargs)
         tools = kwargs.pop("tools", None) or None
@@ -197,11 +197,9 @@ class RKLLM(SamplingFields, FunctionCallingLLM):  # type: ignore[misc,valid-type
         if unknown:
             raise ValueError(
                 f"RKLLM does not understand {unknown}; per-call options are"
-                f" {sorted(SamplingParams.names())}, {list(_REPLY_ARGS)} and, for chat,"
-                " tool_required"
+                f" {sorted(SamplingParams.names())}, {list(_REPLY_ARGS)} and tool_required"
             )
         sampling = SamplingParams.merge(self.generate_kwargs, self._default_sampling(), kwargs)
-        del chat
         return {
             "tools": tools,
             "tool_choice": tool_choice if tools else None,
@@ -229,18 +227,18 @@ class RKLLM(SamplingFields, FunctionCallingLLM):  # type: ignore[misc,valid-type
     # --- the one request path (chat); completion derives from it ---------------------------
 
     def _chat(self, prompt: str | list[dict[str, Any]], kwargs: dict[str, Any]) -> ChatResponse:
-        return _chat_response(self.core_model.generate(prompt, **self._options(kwargs, chat=True)))
+        return _chat_response(self.core_model.generate(prompt, **self._options(kwargs)))
 
     async def _achat(
         self, prompt: str | list[dict[str, Any]], kwargs: dict[str, Any]
     ) -> ChatResponse:
-        options = self._options(kwargs, chat=True)
+        options = self._options(kwargs)
         return _chat_response(await self.core_model.agenerate(prompt, **options))
 
     def _stream_chat(
         self, prompt: str | list[dict[str, Any]], kwargs: dict[str, Any]
     ) -> ChatResponseGen:
-        options = self._options(kwargs, chat=True)  # errors now, not at the first next()
+        options = self._options(kwargs)  # errors now, not at the first next()
         model = self.core_model
 
         def gen() -> Generator[ChatResponse, None, None]:
@@ -261,7 +259,7 @@ class RKLLM(SamplingFields, FunctionCallingLLM):  # type: ignore[misc,valid-type
     def _astream_chat(
         self, prompt: str | list[dict[str, Any]], kwargs: dict[str, Any]
     ) -> ChatResponseAsyncGen:
-        options = self._options(kwargs, chat=True)
+        options = self._options(kwargs)
         model = self.core_model
 
         async def gen() -> AsyncGenerator[ChatResponse, None]:
