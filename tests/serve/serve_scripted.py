@@ -18,7 +18,10 @@ and from the last user turn of the prompt:
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -43,6 +46,9 @@ from rkllm_core.engine import (
     TokenInput,
 )
 from rkllm_core.errors import ContextLengthError, GenerationError
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -241,3 +247,53 @@ class ScriptedEngine:
 def scripted_model(engine: ScriptedEngine, config: RuntimeConfig | None = None) -> RKLLMModel:
     """A real RKLLMModel whose engine is ``engine``."""
     return RKLLMModel.from_engine(engine, config or RuntimeConfig())
+
+
+class ServerProcess:
+    """``serve_scripted_server.py`` in its own process."""
+
+    def __init__(self, *args: str, log: Path | None = None) -> None:
+        command = [sys.executable, str(HERE / "serve_scripted_server.py"), "--port", "0", *args]
+        if log is not None:
+            command += ["--log", str(log)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE)])}
+        self.log = log
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        found = re.search(r"listening on (http://\S+)", line)
+        if not found:
+            self.proc.kill()
+            raise RuntimeError(f"server did not start: {line!r} {self.proc.stderr.read()}")
+        self.root_url = found.group(1)
+        self.base_url = self.root_url + "/v1"
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.root_url + "/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("server not ready")
+
+    def finished(self) -> list[str]:
+        """Answers the engine finished (its log), without the close marker."""
+        if self.log is None or not self.log.exists():
+            return []
+        return [x for x in self.log.read_text().splitlines() if not x.startswith("#")]
+
+    def closed_model(self) -> bool:
+        """Whether the engine was closed (the log's marker)."""
+        return self.log is not None and "#closed" in self.log.read_text().splitlines()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=10)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess
+from serve_scripted import ServerProcess
 
 
 def _stream_text(root_url: str, text: str, first_chunk: threading.Event,
