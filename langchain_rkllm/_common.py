@@ -6,9 +6,15 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from rkllm_core import RKLLMModel, RuntimeConfig, SamplingParams, load_shared
-from rkllm_core.config import SamplingFields, sampling_defaults
-from rkllm_core.sharing import runtime_config_with
+from rkllm_core import (
+    RKLLMModel,
+    RuntimeConfig,
+    SamplingFields,
+    SamplingParams,
+    load_shared,
+    runtime_config_with,
+    sampling_defaults,
+)
 
 # Call arguments that are not sampling but are understood by every class.
 _REQUEST_ARGS = ("timeout",)

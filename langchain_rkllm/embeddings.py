@@ -8,8 +8,7 @@ from typing import Any, Literal
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from rkllm_core import EmbeddingConfig, RKLLMModel, RuntimeConfig, load_shared
-from rkllm_core.sharing import runtime_config_with
+from rkllm_core import EmbeddingConfig, RKLLMModel, RuntimeConfig, load_shared, runtime_config_with
 
 
 class RKLLMEmbeddings(BaseModel, Embeddings):

@@ -43,8 +43,15 @@ from llama_index.core.llms.llm import ToolSelection, default_completion_to_promp
 from llama_index.core.types import PydanticProgramMode
 from pydantic import AliasChoices
 
-from rkllm_core import GenerationResult, RKLLMModel, RuntimeConfig, SamplingParams, load_shared
-from rkllm_core.config import SamplingFields, sampling_defaults
+from rkllm_core import (
+    GenerationResult,
+    RKLLMModel,
+    RuntimeConfig,
+    SamplingFields,
+    SamplingParams,
+    load_shared,
+    sampling_defaults,
+)
 
 if TYPE_CHECKING:
     from llama_index.core.prompts import BasePromptTemplate

@@ -9,7 +9,14 @@ Nothing here imports torch: the PC engine is loaded only when a PC model is open
 
 from .cache import cache_dir
 from .chat import ChatRenderer, normalize_messages
-from .config import EmbeddingConfig, ResolvedSampling, RuntimeConfig, SamplingParams
+from .config import (
+    EmbeddingConfig,
+    ResolvedSampling,
+    RuntimeConfig,
+    SamplingFields,
+    SamplingParams,
+    sampling_defaults,
+)
 from .demo_models import KNOWN_MODELS, fetch_model
 from .engine import (
     ChatTemplateParts,
@@ -53,7 +60,7 @@ from .results import (
     Usage,
     perf_dict,
 )
-from .sharing import load_shared, shared_model
+from .sharing import load_shared, runtime_config_with, shared_model
 from .streams import AsyncTokenStream, TokenStream
 from .tools import parse_tool_calls
 
@@ -91,6 +98,7 @@ __all__ = [
     "RuntimeConfig",
     "RuntimeLibraryError",
     "RuntimeVersionError",
+    "SamplingFields",
     "SamplingParams",
     "StreamChunk",
     "TokenStream",
@@ -107,6 +115,8 @@ __all__ = [
     "perf_dict",
     "plan_reply",
     "response_schema",
+    "runtime_config_with",
+    "sampling_defaults",
     "shared_model",
     "tool_names",
 ]
