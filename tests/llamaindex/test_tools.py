@@ -251,3 +251,24 @@ def test_answer_after_a_tool_result_is_never_lost(scripted_llm: Any) -> None:
     assert response.message.content == text
     assert "invalid_tool_calls" not in response.additional_kwargs
     assert llm.get_tool_calls_from_response(response, error_on_no_tool_call=False) == []
+
+
+async def test_function_agent_ends_with_the_models_answer(scripted: Any) -> None:
+    """After the tool result, Qwen2.5 echoed the call and the answer, untagged: the agent
+    used to end with an empty answer (the text was taken for a broken call)."""
+    from llama_index.core.agent.workflow import FunctionAgent
+
+    def multiply(a: int, b: int) -> int:
+        """Multiply two integers."""
+        return a * b
+
+    echo = '{"name": "multiply", "arguments": {"a": 24, "b": 37}}\n{"response": "888"}'
+    model, engine = scripted(
+        ['<tool_call>{"name": "multiply", "arguments": {"a": 24, "b": 37}}</tool_call>'],
+        [echo],
+    )
+    agent = FunctionAgent(tools=[FunctionTool.from_defaults(multiply)], llm=RKLLM(model=model))
+    result = await agent.run("What is 24 times 37?")
+    assert "888" in str(result)
+    assert len(engine.requests) == 2  # the call, then the answer to the tool result
+    assert "888" in engine.prompts[-1]  # the tool's result reached the model
