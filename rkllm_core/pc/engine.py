@@ -53,6 +53,9 @@ class PCEngine:
     Llama and Qwen2 models generate through :mod:`.decoder` (fused projections, a preallocated
     cache; the same logits as transformers' forward), other architectures through
     transformers; ``compact_decoder=False`` forces transformers' forward for every model.
+    With the compact decoder, greedy decoding checks up to ``lookahead`` guessed tokens per
+    forward (:mod:`.lookahead`), and a fresh prompt reuses the cached keys/values of the
+    tokens it shares with the previous prompt (``reuse_prefix``): the same tokens, less work.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class PCEngine:
         num_threads: int | None = None,
         compact_decoder: bool = True,
         lookahead: int = 4,
+        reuse_prefix: bool = True,
     ) -> None:
         # RuntimeConfig.enabled_cpus says how many cores the runtime may use; on the PC that
         # becomes torch's thread count (pinning would affect the whole process)
@@ -78,6 +82,8 @@ class PCEngine:
         if lookahead < 0:
             raise ConfigError(f"lookahead must be >= 0 (0 turns guessing off), not {lookahead}")
         self._lookahead = lookahead
+        self._reuse_prefix = reuse_prefix
+        self._reusable: list[int] = []  # ids of cached positions kept after a run ended
         self.tokenizer: Any = loaded.tokenizer
         self._config = config
         self._abort = threading.Event()
@@ -182,6 +188,31 @@ class PCEngine:
             self._cache = None
         self._cache_ids = []
         self._pending = []
+        self._reusable = []
+
+    def _release_history(self) -> None:
+        """Forget the conversation. A static cache keeps its positions: the next prompt that
+        starts with the same tokens (a system prompt, tool definitions) skips their prefill."""
+        if not (self._reuse_prefix and isinstance(self._cache, StaticKVCache)):
+            self._reset_cache()
+            return
+        if self._cache_ids:
+            self._reusable = self._cache_ids  # the ids of the cache's positions, in order
+        self._cache_ids = []
+        self._pending = []
+
+    def _take_common_prefix(self, ids: Sequence[int]) -> int:
+        """Keep the cached positions a fresh prompt shares with the previous one (all but its
+        last token, whose logits are needed); how many were kept."""
+        held, self._reusable = self._reusable, []
+        if not isinstance(self._cache, StaticKVCache):
+            return 0
+        shared, bound = 0, min(len(held), len(ids) - 1)
+        while shared < bound and held[shared] == ids[shared]:
+            shared += 1
+        self._cache.truncate(shared)
+        self._cache_ids = list(ids[:shared])
+        return shared
 
     def _shift_window(self, needed: int) -> None:
         """Make room for ``needed`` tokens: keep the first n_keep, drop half of the rest."""
@@ -243,7 +274,7 @@ class PCEngine:
         params = request.sampling
         limit = self._config.max_context_len
         if not request.keep_history:
-            self._reset_cache()
+            self._release_history()
         fresh = not self._cache_ids and not self._pending
         ids, embeds = self._request_ids(request, fresh)
         n_new = len(ids) if embeds is None else int(embeds.shape[0])
@@ -256,6 +287,8 @@ class PCEngine:
             self._shift_window(n_new + 1)
 
         start = time.perf_counter()
+        reused = self._take_common_prefix(ids) if fresh else 0
+        ids = ids[reused:]
         pending, self._pending = self._pending, []
         if embeds is not None:
             if pending:
@@ -291,11 +324,13 @@ class PCEngine:
             sink.emit(TokenEvent(tail, -1))
         decode_ms = (time.perf_counter() - decode_start) * 1000.0
         if not request.keep_history:
-            self._reset_cache()
+            self._release_history()
         sink.emit(
             FinishEvent(
                 reason=reason,
-                perf=PerfStats(prefill_ms, n_new, decode_ms, len(generated), _rss_mb()),
+                perf=PerfStats(
+                    prefill_ms, n_new - reused, decode_ms, len(generated), _rss_mb()
+                ),
                 prompt_tokens=n_new,
                 completion_tokens=len(generated),
             )

@@ -71,3 +71,21 @@ def test_smollm2_decode_logits_match_the_logits_mode() -> None:
     expect = full[len(prompt) - 1 :]
     np.testing.assert_allclose(np.stack(decoded), expect, rtol=1e-4, atol=1e-4)
     assert [int(np.argmax(row)) for row in expect] == generated
+
+
+def test_smollm2_prompts_sharing_a_system_prompt_give_the_same_tokens() -> None:
+    """Consecutive requests with one system prompt (as the framework suites send them):
+    the cached prefix is reused, the tokens are those of a full prefill."""
+    system = {"role": "system", "content": "You answer questions about European geography."
+              " Keep answers short and name the countries involved."}
+    questions = ["Which rivers cross Germany?", "Where is the Danube's source?",
+                 "Where is the Danube's source?"]
+    prompts = [[system, {"role": "user", "content": q}] for q in questions]
+    cfg = RuntimeConfig(max_context_len=512)
+    runs = {}
+    for compact in (True, False):
+        with RKLLMModel(fetch_model("smollm2"), cfg, compact_decoder=compact) as model:
+            runs[compact] = [model.generate(p, max_new_tokens=24, top_k=1) for p in prompts]
+    assert [r.token_ids for r in runs[True]] == [r.token_ids for r in runs[False]]
+    reused = [r.usage.prompt_tokens - r.perf.prefill_tokens for r in runs[True]]
+    assert reused[0] == 0 and reused[1] > 20 and runs[True][2].perf.prefill_tokens == 1

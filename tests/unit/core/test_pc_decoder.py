@@ -222,3 +222,35 @@ def test_guessing_decodes_in_fewer_forward_passes(tiny_model_dir: Path) -> None:
             calls[lookahead] = (count[0], result.token_ids)
     assert calls[4][1] == calls[0][1]
     assert calls[4][0] < calls[0][0]  # the tiny model repeats itself: guesses get confirmed
+
+
+def test_a_fresh_prompt_reuses_the_prefix_it_shares_with_the_previous_one(
+    tiny_model_dir: Path,
+) -> None:
+    system = "Rockchip NPU runs large language models on the board. " * 3
+    prompts = [system + "The quick brown fox", system + "Hello world", system + "Hello world"]
+    cfg = RuntimeConfig(max_context_len=256, max_new_tokens=12)
+    runs = {}
+    for name, options in {"transformers": {"compact_decoder": False}, "reuse": {}}.items():
+        with RKLLMModel(tiny_model_dir, cfg, **options) as model:
+            results = [model.generate(p, top_k=1) for p in prompts]
+            # a conversation (keep_history) and an embedding-input run in between
+            turn = model.generate("Hello", keep_history=True, top_k=1)
+            assert model.kv_cache_size() == [turn.usage.prompt_tokens + len(turn.token_ids)]
+            model.clear_kv_cache()
+            results.append(model.generate(prompts[0], top_k=1))
+            runs[name] = results
+    assert [r.token_ids for r in runs["reuse"]] == [r.token_ids for r in runs["transformers"]]
+    first, second, third, after_clear = runs["reuse"]
+    shared = len(_tokens(tiny_model_dir, system)) - 1  # the last token may merge with the next
+    assert first.perf.prefill_tokens == first.usage.prompt_tokens
+    assert second.perf.prefill_tokens <= second.usage.prompt_tokens - shared
+    assert third.perf.prefill_tokens == 1  # the same prompt again: only its last token
+    assert after_clear.perf.prefill_tokens == after_clear.usage.prompt_tokens
+    assert all(r.perf.prefill_tokens == r.usage.prompt_tokens for r in runs["transformers"])
+
+
+def _tokens(model_dir: Path, text: str) -> list[int]:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir).encode(text, add_special_tokens=False)
