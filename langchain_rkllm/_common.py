@@ -37,7 +37,7 @@ class RKLLMParams(SamplingFields):  # type: ignore[misc,valid-type]
     """Engine: 'auto' picks the NPU for .rkllm files and the PC engine otherwise."""
     max_context_len: int | None = Field(default=None, gt=0)
     """Context window in tokens (RuntimeConfig.max_context_len)."""
-    runtime_config: dict[str, Any] = Field(default_factory=dict)
+    runtime_config: RuntimeConfig | dict[str, Any] = Field(default_factory=dict)
     """Other RuntimeConfig fields passed through (n_keep, enabled_cpus, embed_flash …)."""
     engine_options: dict[str, Any] = Field(default_factory=dict)
     """Engine keyword options passed to the core (e.g. tokenizer=<dir> for .rkllm files)."""

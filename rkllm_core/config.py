@@ -160,6 +160,11 @@ class RuntimeConfig(_Strict):
 SAMPLING_ALIASES: dict[str, str] = {"max_tokens": "max_new_tokens"}
 
 
+def _also(name: str) -> AliasChoices:
+    """The field's own name and its aliases, for pydantic."""
+    return AliasChoices(name, *(a for a, n in SAMPLING_ALIASES.items() if n == name))
+
+
 class SamplingParams(_Strict):
     """Per-call overrides; ``None`` means "use the RuntimeConfig value".
 
@@ -177,7 +182,7 @@ class SamplingParams(_Strict):
     mirostat_tau: Float | None = Field(None, gt=0.0)
     mirostat_eta: Float | None = Field(None, gt=0.0)
     max_new_tokens: Int | None = Field(
-        None, gt=0, validation_alias=AliasChoices("max_new_tokens", "max_tokens")
+        None, gt=0, validation_alias=_also("max_new_tokens")
     )
     stop: tuple[str, ...] = ()
     seed: Int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
@@ -309,11 +314,10 @@ def _adapter_sampling_fields() -> type[BaseModel]:
         if name == "stop":
             continue
         copied = info._copy()  # the same type, bounds and description: declared once
-        if name == "max_new_tokens":
-            copied.validation_alias = AliasChoices("max_tokens", "max_new_tokens")
-            copied.description = "cap on generated tokens per call (max_new_tokens accepted)"
-            name = "max_tokens"
-        fields[name] = (info.annotation, copied)
+        # the frameworks' spelling is the field's name, the core's stays accepted
+        framework_name = next((a for a, n in SAMPLING_ALIASES.items() if n == name), name)
+        copied.validation_alias = _also(name)
+        fields[framework_name] = (info.annotation, copied)
     return create_model(  # type: ignore[call-overload,no-any-return]
         "SamplingFields",
         __config__=ConfigDict(populate_by_name=True, protected_namespaces=()),
