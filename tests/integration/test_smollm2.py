@@ -156,3 +156,25 @@ def test_chat_command_ctrl_c_interrupts_the_answer_then_exits_cleanly() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_first_megabyte_of_the_demo_gguf_is_a_typed_error(demo_model_path: Path,
+                                                          tmp_path: Path) -> None:
+    from rkllm_core import ModelFormatError
+    from rkllm_core.model_info import describe_model
+
+    cut = tmp_path / "first-mb.gguf"
+    with demo_model_path.open("rb") as f:
+        cut.write_bytes(f.read(1 << 20))
+    with pytest.raises(ModelFormatError, match=r"truncated or corrupt: an array claims 48900"):
+        RKLLMModel(cut)
+    with pytest.raises(ModelFormatError, match="truncated"):
+        describe_model(cut)
+    import shutil
+
+    short = tmp_path / "short.gguf"  # intact metadata, the last tensor cut short
+    shutil.copyfile(demo_model_path, short)
+    os.truncate(short, demo_model_path.stat().st_size - 1000)
+    last_tensor = r"truncated or corrupt: tensor 'output_norm\.weight' \(F32"
+    with pytest.raises(ModelFormatError, match=last_tensor):
+        RKLLMModel(short)
