@@ -77,7 +77,7 @@ def test_sigterm_aborts_what_outlives_the_grace_period(
     start = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(20) == 0
-    assert time.monotonic() - start < 5.0  # 0.5 s of grace, then abort and close
+    assert time.monotonic() - start < 10.0  # 0.5 s of grace, then abort, close and exit
     client.join(30)
     assert "done" not in out  # the answer was cut, not passed off as complete
     assert len(out["text"].split()) < 2000
@@ -112,6 +112,8 @@ def test_litellm_router_survives_a_killed_server(
     async def killer() -> None:
         # kill the victim while it is generating (not between requests)
         while len(done) < 8 or not _generating(victim):
+            if len(done) == len(prompts):
+                return  # never caught generating: the assertions below say so
             await asyncio.sleep(0.002)
         victim.proc.kill()
 
