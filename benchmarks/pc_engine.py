@@ -1,12 +1,13 @@
 """PC engine against transformers' generate() (and llama.cpp when installed), same run.
 
-For each model: time to first token on a chat prompt, prefill tokens/s on a longer prompt, and
+For each model: time to first token on a chat prompt, prefill tokens/s on a longer prompt (both
+full prefills: the engine's reuse of a shared prefix is switched off by clearing the cache), and
 decode tokens/s, greedy, interleaved over several rounds so that a loaded machine slows every
 contender alike; medians and the ratios engine / transformers (and engine / llama.cpp). The
 load average before and after is printed: on a shared machine compare ratios, not absolutes.
 
     .venv/bin/python benchmarks/pc_engine.py [--models smollm2,qwen2.5-coder-0.5b]
-        [--tokens 48] [--rounds 3] [--threads N]
+        [--tokens 32] [--rounds 3] [--threads N]
 
 llama.cpp is timed only when ``llama_cpp`` (llama-cpp-python) is importable, on the same GGUF.
 """
@@ -51,6 +52,8 @@ class Engine:
         self.model = model
 
     def first_token(self, prompt: list[int]) -> float:
+        # a full prefill: forget the cached prefix the previous request left behind
+        self.model.clear_kv_cache()
         start = time.perf_counter()
         for _ in self.model.stream(prompt, max_new_tokens=1, top_k=1):
             break
@@ -127,7 +130,7 @@ def bench_model(name: str, tokens: int, rounds: int, threads: int) -> None:
                               num_threads=threads)  # fmt: skip
     path = engine_model.info.model_path
     chat = engine_model.tokenize(engine_model.render_chat(CHAT), True)
-    long = engine_model.tokenize(LONG_TEXT, True)[:512]
+    long = engine_model.tokenize(LONG_TEXT, True)[:256]
     contenders: dict[str, Engine | Transformers | LlamaCpp] = {
         f"rkllm PC engine ({engine_model.info.extra.get('decoder', '?')})": Engine(engine_model),
         "transformers generate": Transformers(load_pretrained(path).model),
@@ -173,7 +176,7 @@ def _load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default="smollm2,qwen2.5-coder-0.5b")
-    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch (and llama.cpp) threads; default: torch's")  # fmt: skip
