@@ -28,9 +28,7 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,52 +41,12 @@ SCRIPTED = REPO / "tests" / "serve"
 sys.path.insert(0, str(SCRIPTED))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from serve_scripted import ServerProcess  # noqa: E402  (the scripted engine's test helpers)
 
 # --- server processes -----------------------------------------------------------------------
 
 
-class Server:
-    """A server process on a free loopback port."""
-
-    def __init__(self, command: list[str], ready_timeout: float) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(SCRIPTED)])}
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True, env=env)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        found = re.search(r"listening on (http://\S+)", line)
-        if not found:
-            self.proc.kill()
-            raise RuntimeError(f"server did not start: {line!r}")
-        self.root_url = found.group(1)
-        self.base_url = self.root_url + "/v1"
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            try:
-                if httpx.get(self.root_url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError("server not ready")
-            time.sleep(0.1)
-
-    def rejected(self) -> int:
-        """429s this server has answered so far."""
-        return int(httpx.get(self.root_url + "/ready", timeout=5).json()["rejected_total"])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def start_servers(count: int, args: argparse.Namespace) -> list[Server]:
+def start_servers(count: int, args: argparse.Namespace) -> list[ServerProcess]:
     """``count`` servers of the chosen engine, started one after the other."""
     if args.engine == "scripted":
         command = [sys.executable, str(SCRIPTED / "serve_scripted_server.py"), "--port", "0",
@@ -99,7 +57,7 @@ def start_servers(count: int, args: argparse.Namespace) -> list[Server]:
                    "--max-queue", str(args.max_queue), "--max-context-len", "1024",
                    "--log-level", "warning", "--served-model-name", "scripted"]
         timeout = 600.0
-    return [Server(command, timeout) for _ in range(count)]
+    return [ServerProcess(command=command, ready_timeout=timeout) for _ in range(count)]
 
 
 # --- load ---------------------------------------------------------------------------------
@@ -169,7 +127,7 @@ async def drive(label: str, send_one, args: argparse.Namespace) -> Run:  # type:
     return run
 
 
-def direct_sender(server: Server, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def direct_sender(server: ServerProcess, args: argparse.Namespace):  # type: ignore[no-untyped-def]
     import openai
 
     api = openai.AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0,
@@ -188,7 +146,7 @@ def direct_sender(server: Server, args: argparse.Namespace):  # type: ignore[no-
     return send
 
 
-def router_sender(servers: list[Server], args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def router_sender(servers: list[ServerProcess], args: argparse.Namespace):  # type: ignore[no-untyped-def]
     import litellm
 
     litellm.suppress_debug_info = True
@@ -230,7 +188,7 @@ async def load_runs(args: argparse.Namespace) -> list[Run]:
             runs.append(run)
     finally:
         for server in servers:
-            server.stop()
+            server.terminate()
     return runs
 
 
@@ -246,8 +204,7 @@ async def overhead(args: argparse.Namespace) -> tuple[float, float]:
     n = args.overhead_tokens
     messages = [{"role": "user", "content": f"count to {n}"}]
     model = scripted_model(ScriptedEngine(), RuntimeConfig(max_new_tokens=n + 10))
-    server = Server([sys.executable, str(SCRIPTED / "serve_scripted_server.py"), "--port", "0"],
-                    30.0)
+    server = ServerProcess()
     direct, served = [], []
     try:
         async with httpx.AsyncClient(timeout=120) as http:
@@ -270,7 +227,7 @@ async def overhead(args: argparse.Namespace) -> tuple[float, float]:
                 served.append((time.perf_counter() - start) / count)
     finally:
         model.close()
-        server.stop()
+        server.terminate()
     return 1000 * statistics.median(direct[1:]), 1000 * statistics.median(served[1:])
 
 

@@ -22,6 +22,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -250,41 +251,60 @@ def scripted_model(engine: ScriptedEngine, config: RuntimeConfig | None = None) 
 
 
 class ServerProcess:
-    """``serve_scripted_server.py`` in its own process."""
+    """A server in its own process: ``serve_scripted_server.py ARGS``, or any ``command``
+    that prints ``listening on http://…`` (``rkllm serve … --port 0``)."""
 
-    def __init__(self, *args: str, log: Path | None = None) -> None:
-        command = [sys.executable, str(HERE / "serve_scripted_server.py"), "--port", "0", *args]
-        if log is not None:
-            command += ["--log", str(log)]
+    def __init__(self, *args: str, log: Path | None = None, command: list[str] | None = None,
+                 ready_timeout: float = 30.0) -> None:
+        if command is None:
+            command = [sys.executable, str(HERE / "serve_scripted_server.py"), "--port", "0",
+                       *args]
+            if log is not None:
+                command += ["--log", str(log)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE)])}
         self.log = log
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # a file, not a pipe: nobody reads stderr while the server runs, and a full pipe
+        # would block the server
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._stderr,
                                      text=True, env=env)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         found = re.search(r"listening on (http://\S+)", line)
         if not found:
-            self.proc.kill()
-            raise RuntimeError(f"server did not start: {line!r} {self.proc.stderr.read()}")
+            self.stop()
+            raise RuntimeError(f"server did not start: {line!r} {self.stderr()}")
         self.root_url = found.group(1)
         self.base_url = self.root_url + "/v1"
-        self._wait_ready()
+        self._wait_ready(ready_timeout)
 
-    def _wait_ready(self, timeout: float = 30.0) -> None:
+    def _wait_ready(self, timeout: float) -> None:
         import httpx
 
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
-                if httpx.get(self.root_url + "/ready", timeout=1).status_code == 200:
+                if httpx.get(self.root_url + "/ready", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError("server not ready")
+        self.stop()
+        raise RuntimeError(f"server not ready: {self.stderr()}")
+
+    def stderr(self) -> str:
+        """What the server wrote to stderr so far."""
+        self._stderr.seek(0)
+        return self._stderr.read()
+
+    def rejected(self) -> int:
+        """429s the server has answered (``/ready``)."""
+        import httpx
+
+        return int(httpx.get(self.root_url + "/ready", timeout=5).json()["rejected_total"])
 
     def finished(self) -> list[str]:
-        """Answers the engine finished (its log), without the close marker."""
+        """Answers the engine finished (its log), without the markers."""
         if self.log is None or not self.log.exists():
             return []
         return [x for x in self.log.read_text().splitlines() if not x.startswith("#")]
@@ -293,7 +313,19 @@ class ServerProcess:
         """Whether the engine was closed (the log's marker)."""
         return self.log is not None and "#closed" in self.log.read_text().splitlines()
 
+    def terminate(self, timeout: float = 30.0) -> None:
+        """SIGTERM (a drained shutdown), then kill past ``timeout``."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.stop()
+
     def stop(self) -> None:
+        """Kill the process if it still runs; release its pipes."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.communicate(timeout=10)
+        self._stderr.close()
