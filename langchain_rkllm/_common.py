@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
 from rkllm_core import (
     RKLLMModel,
@@ -14,19 +14,16 @@ from rkllm_core import (
     load_shared,
     runtime_config_with,
     sampling_defaults,
+    short_model_name,
 )
 
 # Call arguments that are not sampling but are understood by every class.
 _REQUEST_ARGS = ("timeout",)
 
 
-class RKLLMParams(SamplingFields):  # type: ignore[misc,valid-type]
-    """Fields common to the LangChain classes (mixed in before the LangChain base class).
-
-    The sampling fields (temperature, top_k, top_p, max_tokens, repeat_penalty, seed …) come
-    from the core's :data:`rkllm_core.config.SamplingFields`: declared once, with the same
-    bounds as :class:`rkllm_core.SamplingParams`.
-    """
+class ModelFields(BaseModel):
+    """Which model a LangChain class runs on, loaded lazily and shared per process (chat
+    model, completion LLM, embeddings and reranker on one file keep one copy in memory)."""
 
     model: str = Field(
         default="smollm2",
@@ -42,32 +39,12 @@ class RKLLMParams(SamplingFields):  # type: ignore[misc,valid-type]
     engine_options: dict[str, Any] = Field(default_factory=dict)
     """Engine keyword options passed to the core (e.g. tokenizer=<dir> for .rkllm files)."""
 
-    stop: list[str] | None = None
-    """Stop strings for every call; per-call ``stop`` is an error when this is set."""
-    timeout: float | None = Field(default=None, gt=0.0)
-    """Seconds a call may take, time waiting for the model included: a call still queued at
-    its deadline never runs, a running one is stopped (core ``timeout=``)."""
-    max_retries: int = Field(default=0, ge=0)
-    """Accepted for LangChain's standard parameters; local runs are never retried (a failed
-    generation fails the same way again)."""
-
     _loaded: RKLLMModel | None = PrivateAttr(default=None)
 
-    @field_validator("stop")
-    @classmethod
-    def _check_stop(cls, stop: list[str] | None) -> list[str] | None:
-        if stop is not None:
-            SamplingParams(stop=stop)  # same rules as the core: non-empty strings
-        return stop
-
     @model_validator(mode="after")
-    def _check_runtime(self) -> RKLLMParams:
-        # Validate now (cheap) so a bad option fails at construction, not at first call.
-        self._runtime_config()
-        SamplingParams.merge(self._default_sampling())
+    def _check_runtime_config(self) -> ModelFields:
+        self._runtime_config()  # cheap: a bad option fails at construction, not at first call
         return self
-
-    # --- model ---------------------------------------------------------------------------
 
     def _runtime_config(self) -> RuntimeConfig:
         return runtime_config_with(self.runtime_config, self.max_context_len)
@@ -91,6 +68,43 @@ class RKLLMParams(SamplingFields):  # type: ignore[misc,valid-type]
     def client(self) -> RKLLMModel:
         """Another name of :attr:`core_model` (LangChain integrations call it ``client``)."""
         return self._get_model()
+
+    @property
+    def model_name(self) -> str:
+        """A short name of the model (demo name or file stem), for cache namespaces and logs;
+        :attr:`model` keeps what was given (a path or a demo name)."""
+        return short_model_name(self.model)
+
+
+class RKLLMParams(ModelFields, SamplingFields):  # type: ignore[misc,valid-type]
+    """Fields common to the LangChain chat and completion classes (mixed in before the
+    LangChain base class).
+
+    The sampling fields (temperature, top_k, top_p, max_tokens, repeat_penalty, seed …) come
+    from the core's :data:`rkllm_core.config.SamplingFields`: declared once, with the same
+    bounds as :class:`rkllm_core.SamplingParams`.
+    """
+
+    stop: list[str] | None = None
+    """Stop strings for every call; per-call ``stop`` is an error when this is set."""
+    timeout: float | None = Field(default=None, gt=0.0)
+    """Seconds a call may take, time waiting for the model included: a call still queued at
+    its deadline never runs, a running one is stopped (core ``timeout=``)."""
+    max_retries: int = Field(default=0, ge=0)
+    """Accepted for LangChain's standard parameters; local runs are never retried (a failed
+    generation fails the same way again)."""
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, stop: list[str] | None) -> list[str] | None:
+        if stop is not None:
+            SamplingParams(stop=stop)  # same rules as the core: non-empty strings
+        return stop
+
+    @model_validator(mode="after")
+    def _check_sampling(self) -> RKLLMParams:
+        SamplingParams.merge(self._default_sampling())
+        return self
 
     # --- sampling ------------------------------------------------------------------------
 

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, Literal
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 
-from rkllm_core import EmbeddingConfig, RKLLMModel, RuntimeConfig, load_shared
+from rkllm_core import (
+    EmbeddingConfig,
+    EmbeddingFields,
+    RKLLMModel,
+    RuntimeConfig,
+    embedding_overrides,
+    load_shared,
+)
 
 # LlamaIndex hands _get_text_embeddings this many texts at a time. Larger than the core's
 # forward batch on purpose: the core sorts each call's texts by length before cutting its own
 # batches, so more texts per call means less padding; 32 still keeps the progress bar moving.
 DEFAULT_EMBED_BATCH_SIZE = 32
 
-_OVERRIDES = ("strategy", "pooling", "normalize", "query_instruction", "max_tokens", "batch_size")
+# the progress callback of the get_text_embedding_batch call running in this context
+_PROGRESS: ContextVar[Callable[[int], object] | None] = ContextVar("_PROGRESS", default=None)
 
 
-class RKLLMEmbedding(BaseEmbedding):
+class RKLLMEmbedding(EmbeddingFields, BaseEmbedding):  # type: ignore[misc,valid-type]
     """Query and document embeddings from the model's last hidden layer.
 
     >>> from llamaindex_rkllm import RKLLMEmbedding
@@ -31,6 +41,8 @@ class RKLLMEmbedding(BaseEmbedding):
     point at the same file and runtime config.
     """
 
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
     model: str = Field(
         default="smollm2",
         description="Model file or directory (.rkllm, .gguf, HF dir) or a known demo name.",
@@ -42,22 +54,6 @@ class RKLLMEmbedding(BaseEmbedding):
     )
     context_window: int | None = Field(
         default=None, gt=0, description="Load with this max_context_len (None: default)."
-    )
-    strategy: Literal["plain", "prompteol", "echo"] | None = Field(
-        default=None, description="How a text becomes one vector (see EmbeddingConfig)."
-    )
-    pooling: Literal["last", "mean", "first"] | None = Field(
-        default=None, description="Pooling over the text's tokens (plain / echo strategies)."
-    )
-    normalize: bool | None = Field(default=None, description="L2-normalise the vectors.")
-    query_instruction: str | None = Field(
-        default=None, description="Prefix for queries (not documents), e.g. an instruction."
-    )
-    max_tokens: int | None = Field(
-        default=None, gt=0, description="Truncate each text to this many tokens."
-    )
-    batch_size: int | None = Field(
-        default=None, ge=1, description="Sequences per forward pass inside the engine."
     )
     engine_options: dict[str, Any] = Field(default_factory=dict)
     embed_batch_size: int = Field(default=DEFAULT_EMBED_BATCH_SIZE, gt=0, le=2048)
@@ -76,16 +72,9 @@ class RKLLMEmbedding(BaseEmbedding):
             backend=self.backend,
             engine_options=self.engine_options,
         )
-        self.model_name = self._model.info.model_name
-        self._overrides = {
-            key: getattr(self, key) for key in _OVERRIDES if getattr(self, key) is not None
-        }
-        config = self.embedding_config  # validates the combination once, here
-        if config.strategy == "prompteol" and self.pooling not in (None, "last"):
-            raise ValueError(
-                f"pooling={self.pooling!r} has no effect with the 'prompteol' strategy, which"
-                f" always uses the last token; pass strategy='plain' or 'echo' to pool"
-            )
+        self.model_name = self._model.info.model_name  # short: never a path
+        self._overrides = embedding_overrides(self)
+        _ = self.embedding_config  # validates the combination once, here
 
     @classmethod
     def class_name(cls) -> str:
@@ -99,8 +88,7 @@ class RKLLMEmbedding(BaseEmbedding):
     @property
     def embedding_config(self) -> EmbeddingConfig:
         """The effective configuration: the model's defaults with this instance's fields."""
-        base = self._model.embedding_config.model_dump()
-        return EmbeddingConfig(**{**base, **self._overrides})
+        return self._model.embedding_config.with_overrides(self._overrides)
 
     @property
     def dimension(self) -> int | None:
@@ -117,7 +105,23 @@ class RKLLMEmbedding(BaseEmbedding):
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         # one core call per LlamaIndex batch: the core batches the forward passes itself
-        return self._model.embed(list(texts), **self._overrides).tolist()
+        return self._model.embed(list(texts), progress=_PROGRESS.get(), **self._overrides).tolist()
+
+    def get_text_embedding_batch(
+        self, texts: list[str], show_progress: bool = False, **kwargs: Any
+    ) -> list[Embedding]:
+        """Embed ``texts``; with ``show_progress`` the bar moves as the model finishes each
+        forward batch, not per ``embed_batch_size`` texts."""
+        if not show_progress:
+            return super().get_text_embedding_batch(texts, **kwargs)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(texts), desc="Embedding", unit="chunk") as bar:
+            token = _PROGRESS.set(bar.update)
+            try:
+                return super().get_text_embedding_batch(texts, **kwargs)
+            finally:
+                _PROGRESS.reset(token)
 
     # --- async: the core runs the work off the event loop ------------------------------------
 

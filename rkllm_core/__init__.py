@@ -11,10 +11,12 @@ from .cache import cache_dir
 from .chat import ChatRenderer, normalize_messages
 from .config import (
     EmbeddingConfig,
+    EmbeddingFields,
     ResolvedSampling,
     RuntimeConfig,
     SamplingFields,
     SamplingParams,
+    embedding_overrides,
     sampling_defaults,
 )
 from .demo_models import KNOWN_MODELS, fetch_model
@@ -60,7 +62,7 @@ from .results import (
     Usage,
     perf_dict,
 )
-from .sharing import load_shared, runtime_config_with, shared_model
+from .sharing import load_shared, runtime_config_with, shared_model, short_model_name
 from .streams import AsyncTokenStream, TokenStream
 from .tools import parse_tool_calls
 
@@ -76,6 +78,7 @@ __all__ = [
     "ContextLengthError",
     "DownloadError",
     "EmbeddingConfig",
+    "EmbeddingFields",
     "Engine",
     "EngineInfo",
     "EngineUnavailableError",
@@ -107,6 +110,7 @@ __all__ = [
     "Usage",
     "__version__",
     "cache_dir",
+    "embedding_overrides",
     "fetch_model",
     "load_shared",
     "normalize_messages",
@@ -118,5 +122,6 @@ __all__ = [
     "runtime_config_with",
     "sampling_defaults",
     "shared_model",
+    "short_model_name",
     "tool_names",
 ]

@@ -285,7 +285,17 @@ class EmbeddingConfig(_Strict):
     query_instruction: str = ""
     prompteol_template: str = 'This sentence : "{text}" means in one word:"'
     echo_template: str = "Rewrite the sentence: {text}\nRewritten sentence: {text}"
-    max_tokens: Int | None = Field(None, gt=0, description="truncate texts to this many tokens")
+    max_tokens: Int | None = Field(
+        None, gt=0, description="embedding window in tokens (default: max_context_len)"
+    )
+    truncate: bool = False
+    """A text longer than the window raises ContextLengthError; True cuts it and logs a
+    warning instead."""
+    center: bool = False
+    """Subtract the model's mean query / passage vector (estimated once per model on a
+    built-in sample) before the cosine: hidden states share a large common direction."""
+    append_eos: bool = False
+    """End every text with the EOS token (dedicated decoder embedding models are trained so)."""
     batch_size: Int = Field(8, ge=1)
 
     @field_validator("prompteol_template")
@@ -301,6 +311,33 @@ class EmbeddingConfig(_Strict):
         if template.count("{text}") != 2:
             raise ValueError("echo_template must contain '{text}' exactly twice")
         return template
+
+    @model_validator(mode="after")
+    def _prompteol_pools_last(self) -> EmbeddingConfig:
+        if self.strategy == "prompteol" and self.pooling != "last":
+            raise ValueError(
+                f"strategy 'prompteol' is defined by its last token: pooling must be 'last',"
+                f" got {self.pooling!r} (use strategy 'plain' or 'echo' for {self.pooling!r})"
+            )
+        return self
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> EmbeddingConfig:
+        """This configuration with some fields replaced, validated as a whole; an unknown
+        name is a ConfigError listing the known ones."""
+        if not overrides:
+            return self
+        unknown = set(overrides) - set(type(self).model_fields)
+        if unknown:
+            raise ConfigError(
+                f"unknown embedding option(s) {sorted(unknown)}; known:"
+                f" {sorted(type(self).model_fields)}"
+            )
+        return type(self)(**{**self.model_dump(), **overrides})
+
+    def vector_key(self) -> tuple[object, ...]:
+        """The fields that change a text's raw vector (not normalisation or batching)."""
+        return (self.strategy, self.pooling, self.query_instruction, self.prompteol_template,
+                self.echo_template, self.max_tokens, self.append_eos)
 
 
 def _adapter_sampling_fields() -> type[BaseModel]:
@@ -338,3 +375,38 @@ def sampling_defaults(owner: BaseModel) -> dict[str, Any]:
         for name in SamplingFields.model_fields
         if getattr(owner, name) is not None
     }
+
+
+EMBEDDING_OPTIONS = (
+    "strategy", "pooling", "normalize", "query_instruction", "max_tokens", "truncate", "center",
+    "append_eos", "batch_size",
+)
+"""The EmbeddingConfig fields a framework class exposes (templates stay core-level)."""
+
+
+def _adapter_embedding_fields() -> type[BaseModel]:
+    """EmbeddingConfig's user options as framework-class fields, each ``None`` by default
+    (= the model's own default configuration)."""
+    from pydantic import create_model
+
+    fields: dict[str, Any] = {}
+    for name in EMBEDDING_OPTIONS:
+        info = EmbeddingConfig.model_fields[name]
+        copied = info._copy()  # the same type, bounds and description: declared once
+        copied.default = None
+        fields[name] = (info.annotation | None, copied)
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "EmbeddingFields", __config__=ConfigDict(protected_namespaces=()), **fields
+    )
+
+
+EmbeddingFields: type[BaseModel] = _adapter_embedding_fields()
+"""A pydantic mixin with the embedding options, as the LangChain and LlamaIndex embedding
+classes declare them; :func:`embedding_overrides` reads them back."""
+
+
+def embedding_overrides(owner: BaseModel) -> dict[str, Any]:
+    """The embedding options set on an object with :data:`EmbeddingFields`, validated together
+    with the model's defaults by :meth:`EmbeddingConfig.with_overrides`."""
+    return {name: getattr(owner, name) for name in EMBEDDING_OPTIONS
+            if getattr(owner, name) is not None}

@@ -213,6 +213,9 @@ class EngineInfo:
     template_parts: ChatTemplateParts | None = None
     bos_token: str | None = None
     eos_token: str | None = None
+    embedding_pooling: Literal["last", "mean", "first"] | None = None
+    """Set when the model file declares a sentence-embedding model and its pooling
+    (sentence-transformers' pooling config): embeddings then follow its convention."""
     # --- what the engine can do (capabilities the layers above decide on) ---
     raw_prompt: bool = True
     """Prompts reach the model unchanged; False once the runtime wraps each turn in its own

@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,14 +17,7 @@ import numpy as np
 from .chat import ChatRenderer, Message, normalize_messages
 from .config import EmbeddingConfig, RuntimeConfig, SamplingParams
 from .conversation import Conversation, Turn
-from .embeddings import (
-    EmbeddingSequence,
-    build_sequence,
-    default_embedding_config,
-    effective_pooling,
-    l2_normalize,
-    pool,
-)
+from .embeddings import Embedder, default_embedding_config
 from .engine import (
     Engine,
     EngineInfo,
@@ -44,6 +37,7 @@ from .errors import ConfigError, EngineUnavailableError, GenerationError, ModelC
 from .queueing import Job, Worker, async_channel, thread_channel
 from .reply import ReplyAssembler, ReplyPlan, plan_reply, with_system_note
 from .results import GenerationResult, Usage
+from .retrieval.rerank import Ranked, query_likelihood, rank, scoring_sequences
 from .streams import (
     AsyncTokenStream,
     CollectHandler,
@@ -108,10 +102,18 @@ class RKLLMModel:
         self.info: EngineInfo = engine.info
         self.backend: Literal["npu", "pc"] = self.info.backend
         self.name = self.info.model_name
-        self.embedding_config = embedding or default_embedding_config(
-            self.info.architecture, self.name
-        )
+        self.embedding_config = embedding or default_embedding_config(self.info)
         self._worker = Worker(self._engine, self.name)
+        has_tokenizer = engine.tokenizer is not None
+        self._embedder = Embedder(
+            self.tokenize if has_tokenizer else None,
+            lambda seqs: self._run_collect(
+                TokenBatchInput(tuple(seqs)), InferMode.LAST_HIDDEN_LAYER
+            ),
+            self.hidden_states,
+            config.max_context_len,
+            self._eos_ids() if has_tokenizer else (),
+        )
         self._closed = False
         self._close_lock = threading.Lock()
         self._conversation = Conversation()  # held in the KV cache (keep_history)
@@ -465,6 +467,7 @@ class RKLLMModel:
         *,
         is_query: bool = False,
         config: EmbeddingConfig | None = None,
+        progress: Callable[[int], object] | None = None,
         **overrides: Any,
     ) -> np.ndarray:
         """Embeddings of ``texts``, shape (n, hidden), float32.
@@ -472,51 +475,42 @@ class RKLLMModel:
         ``overrides`` are :class:`EmbeddingConfig` fields (strategy, pooling, normalize,
         query_instruction, batch_size …). ``is_query`` prefixes the query instruction.
         """
-        cfg = config or self.embedding_config
-        if overrides:
-            unknown = set(overrides) - set(EmbeddingConfig.model_fields)
-            if unknown:
-                raise ConfigError(f"unknown embedding option(s) {sorted(unknown)}")
-            cfg = EmbeddingConfig(**{**cfg.model_dump(), **overrides})
+        cfg = (config or self.embedding_config).with_overrides(overrides)
         items = [texts] if isinstance(texts, str) else list(texts)
         for index, text in enumerate(items):
             if not isinstance(text, str):
                 raise ConfigError(f"text {index} is {type(text).__name__}, not str")
             require_text(text, f"text {index}")
-        hidden = self.info.hidden_size or 0
         if not items:
-            return np.zeros((0, hidden), dtype=np.float32)
-        prefix = cfg.query_instruction if is_query else ""
-        limit = min(cfg.max_tokens or self.config.max_context_len, self.config.max_context_len)
-        if self._engine.tokenizer is None:
-            return self._embed_without_tokenizer(items, prefix, cfg)
-        seqs = [build_sequence(prefix + t, cfg, self.tokenize, limit) for t in items]
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))  # less padding
-        vectors: list[np.ndarray | None] = [None] * len(seqs)
-        pooling = effective_pooling(cfg)
-        for batch_idx in chunked_indices(order, cfg.batch_size):
-            batch: list[EmbeddingSequence] = [seqs[i] for i in batch_idx]
-            states = self._run_collect(
-                TokenBatchInput(tuple(s.ids for s in batch)), InferMode.LAST_HIDDEN_LAYER
-            )
-            for i, seq, state in zip(batch_idx, batch, states, strict=True):
-                vectors[i] = pool(state, seq, pooling)
-        out = np.stack([v for v in vectors if v is not None]).astype(np.float32)
-        return l2_normalize(out) if cfg.normalize else out
+            return np.zeros((0, self.info.hidden_size or 0), dtype=np.float32)
+        return self._embedder.embed(items, cfg, is_query, progress)
 
-    def _embed_without_tokenizer(
-        self, items: list[str], prefix: str, cfg: EmbeddingConfig
-    ) -> np.ndarray:
-        rows = []
-        for text in items:
-            body = prefix + text
-            if cfg.strategy == "prompteol":
-                body = cfg.prompteol_template.format(text=body)
-            state = self.hidden_states(body)
-            rows.append(state[-1] if cfg.strategy == "prompteol" else
-                        pool(state, EmbeddingSequence((), 0, len(state)), cfg.pooling))
-        out = np.stack(rows).astype(np.float32)
-        return l2_normalize(out) if cfg.normalize else out
+    def _eos_ids(self) -> list[int]:
+        eos = self.info.eos_token
+        return self.tokenize(eos) if eos else []
+
+    def batch_logits(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Logits of every position of each token sequence, one run for the batch."""
+        batch = TokenBatchInput(tuple(tuple(int(t) for t in seq) for seq in sequences))
+        return self._run_collect(batch, InferMode.LOGITS)
+
+    def rerank(
+        self, query: str, passages: Sequence[str], *, top_n: int | None = None,
+        batch_size: int = 4,
+    ) -> list[Ranked]:
+        """Passages ranked by relevance to ``query``, best first (the first ``top_n``).
+
+        The score is the mean log-probability of the query's tokens given the passage
+        (:mod:`rkllm_core.retrieval.rerank`); it uses the logits mode, so it runs on the NPU.
+        Cost: one forward over each passage plus the query.
+        """
+        require_text(query, "query")
+        if not passages:
+            return []
+        pairs = scoring_sequences(
+            query, list(passages), self.tokenize, self.config.max_context_len
+        )
+        return rank(query_likelihood(pairs, self.batch_logits, batch_size), top_n)
 
     async def aembed(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray:
         """Async :meth:`embed` (runs off the event loop)."""
@@ -562,11 +556,6 @@ _OPTION_NAMES = ("tools", "tool_choice", "response_format", "timeout", "keep_his
 def _options(call_locals: dict[str, Any]) -> dict[str, Any]:
     """The request options of a stream/astream call (everything but prompt and sampling)."""
     return {name: call_locals[name] for name in _OPTION_NAMES}
-
-
-def chunked_indices(order: list[int], size: int) -> list[list[int]]:
-    """Split an index list into batches of at most ``size``."""
-    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 # --- construction helpers -------------------------------------------------------------------

@@ -77,3 +77,12 @@ def load_shared(
 
 
 __all__ = ["load_shared", "runtime_config_with", "shared_model"]
+
+
+def short_model_name(model: str | os.PathLike[str]) -> str:
+    """A short, path-free name of a model: the demo name as given, else the file's stem
+    (``/models/qwen3-0.6b.rkllm`` -> ``qwen3-0.6b``), for cache namespaces and logs."""
+    text = os.fspath(model).rstrip("/\\")
+    base = os.path.basename(text) or text
+    stem, ext = os.path.splitext(base)
+    return stem if ext.lower() in (".rkllm", ".gguf", ".rkllm-pc") else base

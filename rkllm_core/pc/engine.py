@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..config import ResolvedSampling, RuntimeConfig
+from ..embeddings import declared_pooling
 from ..engine import (
     ChatTemplateParts,
     EmbedInput,
@@ -119,6 +120,7 @@ class PCEngine:
             chat_template=getattr(self.tokenizer, "chat_template", None),
             bos_token=self.tokenizer.bos_token,
             eos_token=self.tokenizer.eos_token,
+            embedding_pooling=declared_pooling(path) if path.is_dir() else None,
             extra={
                 "source_format": loaded.source_format,
                 "device": device,

@@ -82,8 +82,11 @@ async def test_async_equals_sync(embed_model: RKLLMEmbedding) -> None:
 def test_query_instruction_prefixes_queries_only(embed_model: RKLLMEmbedding) -> None:
     core = embed_model.core_model
     instruction = "Represent this question for finding a paragraph: "
-    instructed = RKLLMEmbedding(model=core, query_instruction=instruction)
-    bare = RKLLMEmbedding(model=core, query_instruction="")  # "" switches the default off
+    # uncentred: a centred query is measured from the query side's mean, a text from the
+    # passage side's, so only without centring is a query the text with its prefix
+    instructed = RKLLMEmbedding(model=core, query_instruction=instruction, center=False)
+    bare = RKLLMEmbedding(model=core, query_instruction="", center=False)  # "" = no default
+    embed_model = RKLLMEmbedding(model=core, center=False)
     query = "How long is kelp soaked?"
     with_instruction = np.array(instructed.get_query_embedding(query))
     np.testing.assert_allclose(
@@ -107,8 +110,10 @@ def test_query_instruction_prefixes_queries_only(embed_model: RKLLMEmbedding) ->
 
 def test_pooling_and_normalize_options(embed_model: RKLLMEmbedding) -> None:
     core = embed_model.core_model
-    mean = RKLLMEmbedding(model=core, strategy="plain", pooling="mean", normalize=False)
-    last = RKLLMEmbedding(model=core, strategy="plain", pooling="last", normalize=False)
+    mean = RKLLMEmbedding(model=core, strategy="plain", pooling="mean", normalize=False,
+                          center=False)
+    last = RKLLMEmbedding(model=core, strategy="plain", pooling="last", normalize=False,
+                          center=False)
     assert mean.embedding_config.pooling == "mean" and not mean.embedding_config.normalize
     v_mean = np.array(mean.get_text_embedding(TEXTS[2]))
     v_last = np.array(last.get_text_embedding(TEXTS[2]))
@@ -144,3 +149,23 @@ def test_settings_use_our_classes(
     assert sum(spy.calls) == 2  # the index embedded through Settings.embed_model
     retriever = index.as_retriever(similarity_top_k=1)
     assert retriever.retrieve("copper-coloured wings")[0].score is not None
+
+
+def test_centring_measures_queries_and_passages_from_their_own_means(
+    embed_model: RKLLMEmbedding,
+) -> None:
+    core = embed_model.core_model
+    assert embed_model.embedding_config.center  # the default for a generative model
+    text = "How long is kelp soaked?"
+    raw = RKLLMEmbedding(model=core, center=False, normalize=False)
+    centred = RKLLMEmbedding(model=core, normalize=False)
+    passage_shift = np.array(raw.get_text_embedding(text)) - centred.get_text_embedding(text)
+    query_shift = np.array(raw.get_query_embedding(text)) - centred.get_query_embedding(text)
+    # each side subtracts a constant vector of its own, whatever the text
+    other = "Glimmerfinches nest in reeds."
+    np.testing.assert_allclose(
+        passage_shift,
+        np.array(raw.get_text_embedding(other)) - centred.get_text_embedding(other),
+        atol=1e-3,
+    )
+    assert np.abs(passage_shift - query_shift).max() > 1e-2

@@ -241,8 +241,9 @@ def test_hidden_states_shape_and_pooling(model: RKLLMModel) -> None:
     text = "The quick brown fox"
     hidden = model.hidden_states(model.tokenize(text))
     assert hidden.shape == (len(model.tokenize(text)), 64)
-    mean = model.embed([text], strategy="plain", pooling="mean", normalize=False)[0]
-    last = model.embed([text], strategy="plain", pooling="last", normalize=False)[0]
+    raw = {"strategy": "plain", "normalize": False, "center": False}
+    mean = model.embed([text], pooling="mean", **raw)[0]
+    last = model.embed([text], pooling="last", **raw)[0]
     np.testing.assert_allclose(mean, hidden.mean(axis=0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(last, hidden[-1], rtol=1e-4, atol=1e-5)
     unit = model.embed([text, "dog"])

@@ -1,0 +1,18 @@
+"""Retrieval on the model's own outputs: lexical terms, rank fusion, logits reranking.
+
+The framework adapters wrap these as their retrievers, compressors and postprocessors, so a
+LangChain app and a LlamaIndex app retrieve the same passages.
+"""
+
+from .fusion import RRF_K, reciprocal_rank_fusion
+from .lexical import STOP_WORDS, LexicalIndex, bm25_tokens
+from .rerank import Ranked
+
+__all__ = [
+    "RRF_K",
+    "STOP_WORDS",
+    "LexicalIndex",
+    "Ranked",
+    "bm25_tokens",
+    "reciprocal_rank_fusion",
+]
