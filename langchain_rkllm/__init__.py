@@ -1,4 +1,5 @@
-"""LangChain integration for Rockchip RKLLM: chat model, completion LLM and embeddings.
+"""LangChain integration for Rockchip RKLLM: chat model, completion LLM, embeddings, and
+retrieval (hybrid retriever, logits reranker).
 
 >>> from langchain_rkllm import ChatRKLLM, RKLLMEmbeddings
 >>> llm = ChatRKLLM(model="smollm2", temperature=0)      # loads lazily, shared per process
@@ -8,5 +9,7 @@
 from .chat_models import ChatRKLLM
 from .embeddings import RKLLMEmbeddings
 from .llms import RKLLM
+from .rerankers import RKLLMReranker
+from .retrievers import RKLLMHybridRetriever
 
-__all__ = ["RKLLM", "ChatRKLLM", "RKLLMEmbeddings"]
+__all__ = ["RKLLM", "ChatRKLLM", "RKLLMEmbeddings", "RKLLMHybridRetriever", "RKLLMReranker"]

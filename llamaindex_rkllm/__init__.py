@@ -1,4 +1,5 @@
-"""LlamaIndex integration for rkllm-py: an LLM and an embedding model over RKLLM.
+"""LlamaIndex integration for rkllm-py: an LLM, an embedding model, a hybrid retriever and a
+logits reranker over RKLLM.
 
 >>> from llama_index.core import Settings
 >>> from llamaindex_rkllm import RKLLM, RKLLMEmbedding
@@ -10,5 +11,7 @@ Both load through ``rkllm_core.shared_model``: one copy per file and runtime con
 
 from .embeddings import RKLLMEmbedding
 from .llms import RKLLM
+from .postprocessors import RKLLMRerank
+from .retrievers import RKLLMHybridRetriever
 
-__all__ = ["RKLLM", "RKLLMEmbedding"]
+__all__ = ["RKLLM", "RKLLMEmbedding", "RKLLMHybridRetriever", "RKLLMRerank"]

@@ -50,13 +50,19 @@ class LexicalIndex:
         self._bm25 = BM25Okapi([bm25_tokens(t) for t in texts]) if texts else None
 
     def scores(self, query: str) -> np.ndarray:
-        """BM25 score of every text for ``query`` (zeros when no term matches)."""
+        """BM25 score of every text for ``query``."""
         if self._bm25 is None:
             return np.zeros(0)
         return np.asarray(self._bm25.get_scores(bm25_tokens(query)), dtype=np.float64)
 
     def top(self, query: str, k: int) -> list[int]:
-        """Indices of the ``k`` best texts, best first; texts sharing no term are left out."""
+        """Indices of the ``k`` best texts, best first; texts sharing no term are left out
+        (a term found in half the texts or more has a BM25 weight near zero, so the score
+        alone cannot tell)."""
+        if self._bm25 is None:
+            return []
+        terms = set(bm25_tokens(query))
         scores = self.scores(query)
-        order = np.argsort(-scores, kind="stable")[:k]
-        return [int(i) for i in order if scores[i] > 0]
+        order = np.argsort(-scores, kind="stable")
+        found = [int(i) for i in order if terms & self._bm25.doc_freqs[i].keys()]
+        return found[:k]

@@ -1,0 +1,65 @@
+"""The default RAG retrieval: BM25 and dense rankings fused by reciprocal rank, then reranked.
+
+Both frameworks' hybrid retrievers call :func:`hybrid_search`, so a LangChain app and a
+LlamaIndex app over the same chunks retrieve the same ones. The dense ranking comes from the
+framework's own vector store; BM25 and the fusion are here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from ..errors import ConfigError
+from .fusion import reciprocal_rank_fusion
+from .lexical import LexicalIndex
+from .rerank import Ranked
+
+DEFAULT_K = 4
+"""Chunks handed to the prompt."""
+DEFAULT_FETCH_K = 10
+"""Candidates each first-stage ranking contributes, and the most the reranker scores."""
+
+
+class Reranker(Protocol):
+    """What reranks: :meth:`rkllm_core.RKLLMModel.rerank`."""
+
+    def rerank(
+        self, query: str, passages: Sequence[str], *, top_n: int | None = None
+    ) -> list[Ranked]: ...
+
+
+DenseSearch = Callable[[str, int], Sequence[int]]
+"""Given a query and n, the indices of the n nearest texts, best first."""
+
+
+def hybrid_search(
+    query: str,
+    texts: Sequence[str],
+    lexical: LexicalIndex,
+    dense: DenseSearch,
+    *,
+    k: int = DEFAULT_K,
+    fetch_k: int = DEFAULT_FETCH_K,
+    reranker: Reranker | None = None,
+) -> list[Ranked]:
+    """The ``k`` best of ``texts`` for ``query``: fused first-stage candidates, reranked.
+
+    Scores are the reranker's (mean log-probability of the query) when it runs, else the
+    fused reciprocal-rank scores.
+    """
+    if k < 1 or fetch_k < k:
+        raise ConfigError(f"need 1 <= k <= fetch_k, got k={k}, fetch_k={fetch_k}")
+    if lexical.size != len(texts):
+        raise ConfigError(
+            f"the lexical index holds {lexical.size} texts but {len(texts)} were given:"
+            " build it over the same texts"
+        )
+    if not texts:
+        return []
+    fused = reciprocal_rank_fusion([lexical.top(query, fetch_k), list(dense(query, fetch_k))])
+    candidates = [index for index, _ in fused[:fetch_k]]
+    if reranker is None:
+        return [Ranked(index, score) for index, score in fused[:k]]
+    ranked = reranker.rerank(query, [texts[i] for i in candidates], top_n=k)
+    return [Ranked(candidates[r.index], r.score) for r in ranked]
