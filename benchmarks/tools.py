@@ -243,14 +243,14 @@ def llamaindex_path(model_name: str, max_tokens: int) -> Path_:
 
 
 def run_path(
-    name: str, path: Path_, data: dict, per_category: int, log: Any
+    name: str, path: Path_, data: dict, per_category: int, log: Any, skip: int = 0
 ) -> dict[str, list[tuple[list, bool]]]:
     out: dict[str, list[tuple[list, bool]]] = {}
     for category in CATEGORIES:
         questions, answers = data[category]
         rows = []
         start = time.perf_counter()
-        for case in questions[:per_category]:
+        for case in questions[skip : skip + per_category]:
             tools = openai_tools(case["function"])
             calls, _ = path(case["question"][0], tools)
             ok = score(category, case, answers, calls)
@@ -277,6 +277,8 @@ def main() -> None:
                         help="questions per category for the paths other than core"
                              " (default: --per-category); outputs are compared on these")
     parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--skip", type=int, default=0,
+                        help="start after this many questions per category (to split a run)")
     parser.add_argument("--paths", default="core,langchain,llamaindex,core-required")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "bfcl-wheel")
     parser.add_argument("--log", type=Path, default=Path("bfcl_calls.jsonl"))
@@ -293,14 +295,14 @@ def main() -> None:
         "core-required": core_path(model, args.max_tokens, tool_choice="required"),
     }
     chosen = args.paths.split(",")
-    print(f"BFCL {BFCL_WHEEL}: first {args.per_category} questions per category,"
+    print(f"BFCL {BFCL_WHEEL}: {args.per_category} questions per category after {args.skip},"
           f" {args.model}, greedy, max {args.max_tokens} new tokens")
     results = {}
     others = args.others_per_category or args.per_category
     with args.log.open("w") as log:
         for name in chosen:
             count = args.per_category if name == "core" else others
-            results[name] = run_path(name, paths[name], data, count, log)
+            results[name] = run_path(name, paths[name], data, count, log, args.skip)
     print("\naccuracy (AST match; irrelevance: no call)")
     print(f"  {'path':22s} " + " ".join(f"{c:>14s}" for c in CATEGORIES))
     for name, per_cat in results.items():
