@@ -3,13 +3,12 @@
     python examples/llamaindex_rag.py
     python examples/llamaindex_rag.py --docs my_notes/ --question "..." --model model.rkllm
 
-The same script runs on a PC (GGUF / Hugging Face models, PC engine) and on an RK3588/RK3576
-board (``.rkllm`` files, NPU engine). The LLM and the embedding model share one loaded model.
-
-Embedding strategy: the "echo" strategy with mean pooling retrieved the right document for
-every question on the multi-sentence documents in ``examples/data`` with SmolLM2-135M, where the
-model's default (PromptEOL, measured on one-sentence passages) missed some; pass
-``--strategy prompteol`` to compare.
+Chunks of about 160 tokens (LlamaIndex's SentenceSplitter counting the model's tokens) are
+retrieved with rkllm-py's default pipeline: BM25 and hidden-state embeddings fused by reciprocal
+rank, then reranked by the model's logits (benchmarks/retrieval.py measures it). The retrieved
+chunks are fitted to the context window by token count, and an answer cut by --max-tokens is
+marked as cut. The same script runs on a PC (GGUF / Hugging Face models, PC engine) and on an
+RK3588/RK3576 board (``.rkllm`` files, NPU engine); one model in memory serves all three roles.
 """
 
 from __future__ import annotations
@@ -20,13 +19,19 @@ import sys
 import time
 from pathlib import Path
 
-from llama_index.core import Settings, SimpleDirectoryReader, VectorStoreIndex
+from llama_index.core import SimpleDirectoryReader, VectorStoreIndex
+from llama_index.core.llms import ChatMessage
 from llama_index.core.node_parser import SentenceSplitter
 
-from llamaindex_rkllm import RKLLM, RKLLMEmbedding
+from llamaindex_rkllm import RKLLM, RKLLMEmbedding, RKLLMHybridRetriever, RKLLMRerank
+from rkllm_core.retrieval import fit_context
 
 DEFAULT_DOCS = Path(__file__).parent / "data"
 DEFAULT_QUESTION = "How many days is giant kelp soaked to make kelp paper?"
+PROMPT = (
+    "Answer the question using only the context below. Be brief.\n\n{context}\n\n"
+    "Question: {question}"
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,9 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="smollm2", help="model file or demo model name")
     parser.add_argument("--top-k", type=int, default=2, help="source nodes given to the LLM")
     parser.add_argument("--max-tokens", type=int, default=96, help="answer length cap")
-    parser.add_argument("--strategy", default="echo", choices=["plain", "prompteol", "echo"])
-    parser.add_argument("--pooling", default="mean", choices=["last", "mean", "first"])
-    parser.add_argument("--chunk-size", type=int, default=256, help="tokens per node")
+    parser.add_argument("--chunk-size", type=int, default=160, help="tokens per node")
+    parser.add_argument("--no-rerank", action="store_true", help="skip the logits reranker")
     return parser.parse_args(argv)
 
 
@@ -48,35 +52,48 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     # SimpleDirectoryReader warns once per file that optional PDF/DOCX readers are missing;
-    # this example reads .md/.txt only, so the warning is noise
+    # this example reads text files only, so the warning is noise
     logging.getLogger("llama_index.core.readers.file.base").setLevel(logging.ERROR)
     if not args.docs.is_dir():
         print(f"error: {args.docs} is not a folder", file=sys.stderr)
         return 2
 
-    # one model in memory: both classes go through rkllm_core.shared_model
-    Settings.llm = RKLLM(model=args.model, max_new_tokens=args.max_tokens)
-    Settings.embed_model = RKLLMEmbedding(
-        model=args.model,
-        strategy=args.strategy,
-        pooling=None if args.strategy == "prompteol" else args.pooling,
-    )
-    Settings.node_parser = SentenceSplitter(chunk_size=args.chunk_size, chunk_overlap=20)
+    llm = RKLLM(model=args.model, max_tokens=args.max_tokens)
+    model = llm.core_model  # one model in memory for the LLM, embeddings and reranker
+    embed_model = RKLLMEmbedding(model=model)
+    splitter = SentenceSplitter(chunk_size=args.chunk_size, chunk_overlap=args.chunk_size // 10,
+                                tokenizer=model.tokenize)
 
-    documents = SimpleDirectoryReader(str(args.docs)).load_data()
+    documents = SimpleDirectoryReader(str(args.docs), recursive=True).load_data()
     start = time.perf_counter()
-    index = VectorStoreIndex.from_documents(documents, show_progress=True)
+    nodes = splitter.get_nodes_from_documents(documents)
+    index = VectorStoreIndex(nodes, embed_model=embed_model, show_progress=True)
     seconds = time.perf_counter() - start
-    nodes = len(index.docstore.docs)
-    print(f"indexed {len(documents)} documents as {nodes} nodes in {seconds:.1f} s")
+    print(f"indexed {len(documents)} documents as {len(nodes)} nodes in {seconds:.1f} s")
+    retriever = RKLLMHybridRetriever(
+        index, nodes, k=args.top_k,
+        reranker=None if args.no_rerank else RKLLMRerank(model=model),
+    )
 
-    query_engine = index.as_query_engine(streaming=True, similarity_top_k=args.top_k)
+    found = retriever.retrieve(args.question)
+    # the context gets what the window has left after the prompt and the answer
+    prompt = PROMPT.format(context="", question=args.question)
+    budget = model.config.max_context_len - model.count_tokens(
+        [{"role": "user", "content": prompt}]) - args.max_tokens - 16
+    texts = [n.node.get_content() for n in found]
+    context = "\n\n".join(fit_context(texts, budget, model.tokenize, model.detokenize))
+
     print(f"\nQ: {args.question}\nA: ", end="", flush=True)
-    response = query_engine.query(args.question)
-    for delta in response.response_gen:
-        print(delta, end="", flush=True)
+    messages = [ChatMessage(role="user", content=PROMPT.format(context=context,
+                                                               question=args.question))]
+    finish = None
+    for delta in llm.stream_chat(messages):
+        print(delta.delta or "", end="", flush=True)
+        finish = (delta.raw or {}).get("finish_reason") or finish
+    if finish == "length":
+        print(f" […cut: the answer reached --max-tokens {args.max_tokens}]", end="")
     print("\n\nSources:")
-    for rank, source in enumerate(response.source_nodes, 1):
+    for rank, source in enumerate(found, 1):
         name = source.node.metadata.get("file_name", source.node.node_id)
         snippet = " ".join(source.node.get_content().split())[:100]
         print(f"  {rank}. {name} (score {source.score:.3f}): {snippet}…")

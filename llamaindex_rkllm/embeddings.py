@@ -116,7 +116,7 @@ class RKLLMEmbedding(EmbeddingFields, BaseEmbedding):  # type: ignore[misc,valid
             return super().get_text_embedding_batch(texts, **kwargs)
         from tqdm.auto import tqdm
 
-        with tqdm(total=len(texts), desc="Embedding", unit="chunk") as bar:
+        with tqdm(total=len(texts), desc="Generating embeddings", unit="chunk") as bar:
             token = _PROGRESS.set(bar.update)
             try:
                 return super().get_text_embedding_batch(texts, **kwargs)

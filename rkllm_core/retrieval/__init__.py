@@ -4,6 +4,7 @@ The framework adapters wrap these as their retrievers, compressors and postproce
 LangChain app and a LlamaIndex app retrieve the same passages.
 """
 
+from .context import fit_context
 from .fusion import RRF_K, reciprocal_rank_fusion
 from .hybrid import DEFAULT_FETCH_K, DEFAULT_K, hybrid_search
 from .lexical import STOP_WORDS, LexicalIndex, bm25_tokens
@@ -17,6 +18,7 @@ __all__ = [
     "LexicalIndex",
     "Ranked",
     "bm25_tokens",
+    "fit_context",
     "hybrid_search",
     "reciprocal_rank_fusion",
 ]

@@ -119,3 +119,21 @@ def test_short_model_name_never_holds_a_path() -> None:
     assert short_model_name("smollm2") == "smollm2"
     assert short_model_name("/models/qwen3-0.6b.rkllm") == "qwen3-0.6b"
     assert short_model_name("/models/hf-dir/") == "hf-dir"
+
+
+def test_fit_context_keeps_whole_passages_then_cuts_or_drops() -> None:
+    from rkllm_core.retrieval import fit_context
+
+    def encode(text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(ids: list[int]) -> str:
+        return "".join(map(chr, ids))
+
+    sep = len("\n\n")
+    kept = fit_context(["a" * 10, "b" * 10, "c" * 100], 10 + sep + 10 + sep + 5, encode, decode)
+    assert kept == ["a" * 10, "b" * 10]  # 5 tokens left: under a quarter of the budget
+    kept = fit_context(["a" * 10, "c" * 100], 10 + sep + 30, encode, decode)
+    assert kept == ["a" * 10, "c" * 30]  # cut to the room left
+    total = sum(len(encode(k)) for k in kept) + sep * (len(kept) - 1)
+    assert total <= 10 + sep + 30
