@@ -31,7 +31,8 @@ from ..errors import (
     ModelNotFoundError,
     RKLLMError,
 )
-from .dataset import DEFAULT_SAMPLES, dataset_digest, load_dataset
+from .calibration import GENERATION_BUDGET_S, SOURCES, Calibration, builtin_digest
+from .dataset import dataset_digest, load_dataset
 from .quant.calibrators import ALGORITHMS
 from .quant.formats import (
     ACT_MODES,
@@ -126,6 +127,9 @@ class RKLLM:
         self._built: Any = None  # the quantized (or fp16) model after build()
         self._manifest: dict[str, Any] = {}
         self._device = "cpu"
+        # default calibrations of the loaded model, by (source, tokens, budget): several builds
+        # after one load (a script trying dtypes) tokenize or generate their text once
+        self._default_cals: dict[tuple[str, int, float], Calibration] = {}
 
     # ------------------------------------------------------------------ loading
 
@@ -230,6 +234,7 @@ class RKLLM:
     def _set_model(self, model: Any, tokenizer: Any, device: str) -> None:
         self._model, self._tokenizer, self._device = model, tokenizer, device
         self._built, self._manifest = None, {}
+        self._default_cals = {}
 
     @staticmethod
     def _check_device_dtype(device: str, dtype: str) -> Any:
@@ -285,6 +290,8 @@ class RKLLM:
         max_context: int = 4096,
         *,
         activation_mode: str = "static",
+        calibration_source: str = "builtin",
+        calibration_budget_s: float = GENERATION_BUDGET_S,
     ) -> int:
         """Quantize the loaded model for ``target_platform``; 0 or -1.
 
@@ -293,6 +300,12 @@ class RKLLM:
         ``dynamic`` (per call) or ``per_token`` (a bound, see :mod:`.quant.qlinear`). The built
         model replaces any earlier build; the loaded float
         model is kept, so several builds can follow one load.
+
+        Without a ``dataset``, a build that needs calibration uses ``calibration_source``
+        (rkllm-py only; see :mod:`.calibration`): ``builtin`` (the package's own calibration
+        text, the default), ``generated`` (text the model writes itself, within
+        ``calibration_budget_s`` seconds) or ``builtin+generated``. As many tokens are used as
+        the build needs: for GPTQ a few per input of the widest layer.
         """
         import torch
 
@@ -317,6 +330,20 @@ class RKLLM:
         if activation_mode not in ACT_MODES:
             raise BuildConfigError(
                 f"activation_mode must be one of {', '.join(ACT_MODES)}, not {activation_mode!r}"
+            )
+        if calibration_source not in SOURCES:
+            raise BuildConfigError(
+                f"calibration_source must be one of {', '.join(SOURCES)},"
+                f" not {calibration_source!r}"
+            )
+        if (
+            isinstance(calibration_budget_s, bool)
+            or not isinstance(calibration_budget_s, (int, float))
+            or not calibration_budget_s > 0
+        ):
+            raise BuildConfigError(
+                f"calibration_budget_s must be a number of seconds > 0, not"
+                f" {calibration_budget_s!r}"
             )
         if (
             isinstance(hybrid_rate, bool)
@@ -365,13 +392,21 @@ class RKLLM:
             and reused is None
             and (plan.act_mode == "static" or gptq or hybrid_rate > 0)
         )
+        default_cal: Calibration | None = None
         if needs_data and not samples:
-            log.warning(
-                "no calibration dataset: using rkllm-py's %d built-in samples; a dataset from"
-                " the model's own domain gives better accuracy",
-                len(DEFAULT_SAMPLES),
-            )
-            samples = list(DEFAULT_SAMPLES)
+            from .calibration import default_calibration, tokens_wanted
+
+            wanted = tokens_wanted(targets, gptq)
+            key = (calibration_source, wanted, float(calibration_budget_s))
+            default_cal = self._default_cals.get(key)
+            if default_cal is None:
+                default_cal = self._default_cals[key] = default_calibration(
+                    self._model,
+                    self._tokenizer,
+                    wanted,
+                    source=calibration_source,
+                    budget_s=float(calibration_budget_s),
+                )
 
         report = None
         if qparams is not None:
@@ -381,7 +416,15 @@ class RKLLM:
             model = copy.deepcopy(self._model).float().eval()
             with torch.no_grad():
                 if do_quantization:
-                    batches = self._calibration_batches(samples) if needs_data else []
+                    if default_cal is not None:
+                        batches = [
+                            torch.tensor([seq], dtype=torch.long, device=self._device)
+                            for seq in default_cal.sequences
+                        ]
+                    elif needs_data:
+                        batches = self._calibration_batches(samples)
+                    else:
+                        batches = []
                     _, report = quantize_model(model, plan, batches)
                 else:
                     from .quant.pipeline import round_float_params_to_fp16
@@ -410,7 +453,12 @@ class RKLLM:
                 "tokens": report.calibration_tokens if report else 0,
                 "dataset": str(dataset) if isinstance(dataset, (str, os.PathLike)) else None,
                 "dataset_sha256": dataset_digest(samples) if samples and needs_data else None,
-                "builtin_samples": needs_data and dataset is None,
+                "default_source": default_cal.source if default_cal else None,
+                "builtin_sha256": builtin_digest() if default_cal else None,
+                "generated_tokens": default_cal.generated_tokens if default_cal else 0,
+                "description": _describe_calibration(
+                    dataset, samples, report, default_cal, needs_data
+                ),
                 "smoothed_groups": report.smoothed_groups if report else 0,
             },
             "float_params": "fp16",
@@ -745,6 +793,24 @@ class RKLLM:
         with torch.no_grad():
             out = model.generate(**{k: v.to(device) for k, v in enc.items()}, **gen)
         return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def _describe_calibration(
+    dataset: Any,
+    samples: list[dict[str, str]],
+    report: Any,
+    default_cal: Calibration | None,
+    needs_data: bool,
+) -> str:
+    """One line: what the build calibrated on."""
+    if not needs_data:
+        return "nothing (this build needs no calibration)"
+    if default_cal is not None:
+        return default_cal.describe()
+    name = str(dataset) if isinstance(dataset, (str, os.PathLike)) else "the dataset passed in"
+    tokens = report.calibration_tokens if report else 0
+    used = report.calibration_samples if report else len(samples)
+    return f"{name}: {used} of {len(samples)} samples, {tokens:,} tokens"
 
 
 def _rockchip_toolkit_available() -> bool:

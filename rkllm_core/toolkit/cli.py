@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .calibration import SOURCES
 from .quant.formats import ACT_MODES
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,19 @@ def register(subparsers: Any) -> None:
     conv.add_argument("--npu-cores", type=int, default=None, help="num_npu_core (default: all)")
     conv.add_argument("--algorithm", default="normal", help="quantized_algorithm")
     conv.add_argument("--optimization-level", type=int, default=1, choices=[0, 1])
-    conv.add_argument("--dataset", default=None, help='calibration JSON [{"input","target"}]')
+    conv.add_argument(
+        "--dataset",
+        default=None,
+        help='calibration JSON [{"input","target"}] (default: rkllm-py\'s built-in calibration'
+        " text, see --calibration-source)",
+    )
+    conv.add_argument(
+        "--calibration-source",
+        default="builtin",
+        choices=list(SOURCES),
+        help="without --dataset: builtin (the package's calibration text), generated (text the"
+        " model writes itself) or builtin+generated (default: %(default)s)",
+    )
     conv.add_argument("--hybrid-rate", type=float, default=0.0)
     conv.add_argument("--max-context", type=int, default=4096)
     conv.add_argument("--activation-mode", default="static", choices=list(ACT_MODES))
@@ -124,7 +137,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
         hybrid_rate=args.hybrid_rate,
         max_context=args.max_context,
         activation_mode=args.activation_mode,
+        calibration_source=args.calibration_source,
     )
+    # one line, so a conversion log shows what the model was calibrated on
+    cal = llm.manifest.get("calibration", {})
+    sys.stdout.write(f"calibrated on {cal.get('description', 'an earlier build (--qparams)')}\n")
     if args.format == "gptq":
         llm.export_gptq(args.output)
     else:
