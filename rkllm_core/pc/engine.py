@@ -38,7 +38,7 @@ from ..errors import ConfigError, ContextLengthError, GenerationError
 from .decoder import build_decoder
 from .detokenize import IncrementalDecoder
 from .kv_cache import StaticKVCache
-from .loading import load_pretrained
+from .loading import LoadedModel, load_pretrained
 from .lookahead import PromptLookup
 from .sampling import Sampler
 
@@ -61,7 +61,7 @@ class PCEngine:
 
     def __init__(
         self,
-        model: str | Path,
+        model: str | Path | LoadedModel,
         config: RuntimeConfig,
         *,
         dtype: str = "float32",
@@ -76,7 +76,9 @@ class PCEngine:
         threads = num_threads or config.enabled_cpus_num
         if threads:
             torch.set_num_threads(threads)
-        loaded = load_pretrained(model, dtype=dtype)
+        # a LoadedModel is a model already in memory (the toolkit's built model, for chat_model)
+        in_memory = isinstance(model, LoadedModel)
+        loaded = model if in_memory else load_pretrained(model, dtype=dtype)
         self._model = loaded.model.to(device)
         self._device = torch.device(device)
         self._decoder = build_decoder(self._model) if compact_decoder else None
@@ -103,10 +105,11 @@ class PCEngine:
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._bos_id = self.tokenizer.bos_token_id
         self._adds_bos = self._tokenizer_adds_bos()
-        path = Path(model)
+        name = f"<in-memory {loaded.source_format} model>" if in_memory else str(model)
+        path = Path(name)
         self.info = EngineInfo(
             backend="pc",
-            model_path=str(model),
+            model_path=name,
             model_name=path.stem if path.suffix else path.name,
             family="pc",
             architecture=getattr(cfg, "model_type", None),

@@ -407,6 +407,7 @@ class RKLLM:
                     source=calibration_source,
                     budget_s=float(calibration_budget_s),
                 )
+            log.info("no dataset: calibrating on %s", default_cal.describe())
 
         report = None
         if qparams is not None:
@@ -760,7 +761,13 @@ class RKLLM:
             return -1
 
     def _chat(self, messages: Any, args: dict[str, Any]) -> str:
+        """One reply through the PC engine (the runtime's sampling rules), on the built model."""
         import torch
+
+        from ..config import RuntimeConfig, SamplingParams
+        from ..engine import ErrorEvent, Event, PromptInput, Request, TokenEvent
+        from ..pc.engine import PCEngine
+        from ..pc.loading import LoadedModel
 
         model, tok = self.model, self._tokenizer
         if model is None:
@@ -775,24 +782,41 @@ class RKLLM:
         unknown = sorted(set(args) - known)
         if unknown:
             raise ConfigError(f"chat_model args {unknown} unknown: use {sorted(known)}")
-        enc = tok(prompt, return_tensors="pt")
-        device = next(model.parameters()).device
+        trained = getattr(model.config, "max_position_embeddings", None) or 4096
+        config = RuntimeConfig(max_context_len=min(4096, int(trained)))
         do_sample = bool(args.get("do_sample", False))
-        gen: dict[str, Any] = {
-            "max_new_tokens": int(args.get("max_length", 128)),
-            "do_sample": do_sample,
-            "repetition_penalty": float(args.get("repetition_penalty", 1.0)),
-            "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-        }
-        if do_sample:
-            gen.update(
-                top_k=int(args.get("top_k", 50)),
-                top_p=float(args.get("top_p", 1.0)),
-                temperature=float(args.get("temperature", 1.0)),
-            )
-        with torch.no_grad():
-            out = model.generate(**{k: v.to(device) for k, v in enc.items()}, **gen)
-        return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        sampling = SamplingParams(
+            max_new_tokens=int(args.get("max_length", 128)),
+            # Hugging Face's do_sample=False is greedy: the runtime's top_k=1
+            top_k=int(args.get("top_k", 50)) if do_sample else 1,
+            top_p=float(args.get("top_p", 1.0)),
+            temperature=float(args.get("temperature", 1.0)),
+            repeat_penalty=float(args.get("repetition_penalty", 1.0)),
+        ).resolve(config)
+        quant = self._manifest.get("quantized_dtype") if self._built is not None else None
+        engine = PCEngine(
+            LoadedModel(model, tok, "toolkit", quant),
+            config,
+            num_threads=torch.get_num_threads(),  # keep the process's setting
+        )
+        parts: list[str] = []
+        errors: list[BaseException] = []
+
+        class _Collect:
+            def emit(self, event: Event) -> bool:
+                if isinstance(event, TokenEvent):
+                    parts.append(event.text)
+                elif isinstance(event, ErrorEvent):
+                    errors.append(event.error)
+                return True
+
+        try:
+            engine.run(Request(PromptInput(prompt), sampling), _Collect())
+        finally:
+            engine.close()  # drops the engine's reference and cache, not the model
+        if errors:
+            raise errors[0]
+        return "".join(parts)
 
 
 def _describe_calibration(

@@ -139,11 +139,7 @@ def unwrap(text: str) -> str:
             continue
         prev = out[-1].strip() if out else ""
         joinable = (
-            not fence
-            and s
-            and prev
-            and not prev.startswith("```")
-            and not _BLOCK_START.match(line)
+            not fence and s and prev and not prev.startswith("```") and not _BLOCK_START.match(line)
         )
         if joinable:
             out[-1] = out[-1].rstrip() + " " + s
@@ -234,22 +230,17 @@ def generation_prompts(tokenizer: Any, opening_tokens: int = 24) -> list[list[in
 
 
 def _sampling_params(seed: int) -> Any:
-    from ..config import ResolvedSampling
+    from ..config import RuntimeConfig, SamplingParams
 
     # varied but on-distribution text: the sampling settings of an ordinary chat deployment
-    return ResolvedSampling(
+    return SamplingParams(
         top_k=40,
         top_p=0.95,
         temperature=0.8,
         repeat_penalty=1.1,
-        frequency_penalty=0.0,
-        presence_penalty=0.0,
-        mirostat=0,
-        mirostat_tau=5.0,
-        mirostat_eta=0.1,
         max_new_tokens=SEQ_TOKENS,
         seed=seed,
-    )
+    ).resolve(RuntimeConfig())
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -350,8 +341,17 @@ def generate_sequences(
                     step_pos = step_pos[:, -1:] + 1
                     step_ids = nxt.unsqueeze(1)
             out.extend(rows)
+            bar.set_postfix_str(f"{max(0.0, deadline - time.monotonic()):.0f} s of budget left")
     finally:
         bar.close()
+    if got < tokens_wanted:
+        log.warning(
+            "self-generated calibration stopped at %d of %d tokens (%s): a larger"
+            " calibration_budget_s or a dataset gives GPTQ more to work with",
+            got,
+            tokens_wanted,
+            "time budget spent" if time.monotonic() >= deadline else "no prompts left",
+        )
     return out
 
 
@@ -387,9 +387,7 @@ def default_calibration(
             cal.builtin_tokens += len(seq)
     missing = tokens_wanted - cal.builtin_tokens
     if source != "builtin" and missing > 0:
-        gen = generate_sequences(
-            model, tokenizer, generation_prompts(tokenizer), missing, budget_s
-        )
+        gen = generate_sequences(model, tokenizer, generation_prompts(tokenizer), missing, budget_s)
         cal.sequences.extend(s for s in gen if s)
         cal.generated_tokens = sum(len(s) for s in gen)
     if not cal.sequences:

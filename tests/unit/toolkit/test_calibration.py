@@ -156,3 +156,55 @@ def test_calibration_options_are_validated_before_any_work(
     llm.load_huggingface(str(tiny_model_dir("llama")))
     with pytest.raises(BuildConfigError, match=field):
         llm.build(quantized_dtype="w8a8", **kwargs)
+
+
+def test_chat_model_runs_through_the_pc_engine(
+    tiny_model_dir: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One generation path: chat_model is the PC engine's greedy decode, not HF generate."""
+    import torch
+
+    from rkllm_core.engine import TokenEvent
+    from rkllm_core.pc.engine import PCEngine
+
+    llm = RKLLM(strict=True)
+    llm.load_huggingface(str(tiny_model_dir("llama")))
+    llm.build(optimization_level=0, quantized_dtype="w8a8", activation_mode="dynamic")
+    runs: list[object] = []
+    emitted: list[int] = []
+    real_run = PCEngine.run
+
+    class Recorder:
+        def __init__(self, sink: object) -> None:
+            self.sink = sink
+
+        def emit(self, event: object) -> bool:
+            if isinstance(event, TokenEvent) and event.token_id >= 0:
+                emitted.append(event.token_id)
+            return self.sink.emit(event)  # type: ignore[attr-defined]
+
+    def counting_run(self: PCEngine, request: object, sink: object) -> None:
+        runs.append(request)
+        real_run(self, request, Recorder(sink))  # type: ignore[arg-type]
+
+    def no_generate(*_a: object, **_k: object) -> None:
+        raise AssertionError("chat_model must not use Hugging Face generate")
+
+    monkeypatch.setattr(PCEngine, "run", counting_run)
+    monkeypatch.setattr(llm.model, "generate", no_generate)
+    prompt = "The quick brown fox"
+    text = llm.chat_model(prompt, {"max_length": 6})
+    assert len(runs) == 1 and isinstance(text, str)
+    # greedy by hand on the built model (BOS as the tokenizer adds it): the same tokens
+    ids = llm.tokenizer(prompt)["input_ids"]
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(6):
+            logits = llm.model(input_ids=torch.tensor([ids + out])).logits[0, -1]
+            out.append(int(logits.argmax()))
+            if out[-1] == llm.tokenizer.eos_token_id:
+                out.pop()
+                break
+    assert emitted == out
+    # the engine let go of the model: the toolkit still runs it
+    assert llm.get_logits(prompt) is not None
