@@ -143,8 +143,11 @@ def bench_model(name: str, tokens: int, rounds: int, threads: int) -> None:
     for contender in contenders.values():  # warm-up
         contender.first_token(chat)
         contender.decode(chat, 4)
-    for _ in range(rounds):
-        for key, contender in contenders.items():
+    for round_index in range(rounds):
+        order = list(contenders.items())
+        if round_index % 2:  # alternate who goes first: no contender always runs after another
+            order.reverse()
+        for key, contender in order:
             t = timings[key]
             t.ttft.append(contender.first_token(chat))
             t.prefill.append(len(long) / contender.first_token(long))
