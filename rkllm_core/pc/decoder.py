@@ -139,19 +139,23 @@ def _unsupported_reason(model: Any) -> str | None:
     return None
 
 
-def build_decoder(model: Any) -> CompactDecoder | None:
-    """The compact forward for ``model``, or ``None`` when transformers' forward must run it."""
+def build_decoder(model: Any, *, fuse: bool = True) -> CompactDecoder | None:
+    """The compact forward for ``model``, or ``None`` when transformers' forward must run it.
+
+    ``fuse=False`` leaves the model's weights as they are (a model the caller still owns and
+    may change): every projection then runs as its own module.
+    """
     reason = _unsupported_reason(model)
     if reason is not None:
         log.debug("compact decoder not used: %s", reason)
         return None
-    return CompactDecoder(model)
+    return CompactDecoder(model, fuse=fuse)
 
 
 class CompactDecoder:
     """Forwards tokens through a Llama/Qwen2 causal LM, appending to a :class:`StaticKVCache`."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, *, fuse: bool = True) -> None:
         config = model.config
         self.model = model
         base = model.model
@@ -164,18 +168,19 @@ class CompactDecoder:
         self.num_heads = int(config.num_attention_heads)
         self.num_kv_heads = int(config.num_key_value_heads)
         self.scaling = float(first.scaling)
-        self.layers = [self._layer(layer) for layer in base.layers[: config.num_hidden_layers]]
+        layers = base.layers[: config.num_hidden_layers]
+        self.layers = [self._layer(layer, fuse) for layer in layers]
         param = next(model.parameters())
         self.dtype, self.device = param.dtype, param.device
 
     @staticmethod
-    def _layer(layer: Any) -> _Layer:
+    def _layer(layer: Any, fuse: bool) -> _Layer:
         attn, mlp = layer.self_attn, layer.mlp
         projections = (attn.q_proj, attn.k_proj, attn.v_proj)
         qkv = qkv_bias = gate_up = None
-        if all(_is_plain_linear(m) for m in projections):
+        if fuse and all(_is_plain_linear(m) for m in projections):
             qkv, qkv_bias = _fuse(projections)
-        if _is_plain_linear(mlp.gate_proj) and _is_plain_linear(mlp.up_proj):
+        if fuse and _is_plain_linear(mlp.gate_proj) and _is_plain_linear(mlp.up_proj):
             if mlp.gate_proj.bias is None and mlp.up_proj.bias is None:
                 gate_up, _ = _fuse((mlp.gate_proj, mlp.up_proj))
         return _Layer(

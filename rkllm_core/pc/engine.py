@@ -81,7 +81,8 @@ class PCEngine:
         loaded = model if in_memory else load_pretrained(model, dtype=dtype)
         self._model = loaded.model.to(device)
         self._device = torch.device(device)
-        self._decoder = build_decoder(self._model) if compact_decoder else None
+        # a model passed in memory stays its caller's: its weights are not rearranged
+        self._decoder = build_decoder(self._model, fuse=not in_memory) if compact_decoder else None
         if lookahead < 0:
             raise ConfigError(f"lookahead must be >= 0 (0 turns guessing off), not {lookahead}")
         self._lookahead = lookahead

@@ -254,3 +254,19 @@ def _tokens(model_dir: Path, text: str) -> list[int]:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir).encode(text, add_special_tokens=False)
+
+
+def test_a_model_its_caller_still_owns_keeps_its_weights() -> None:
+    from transformers import DynamicCache
+
+    model = _tiny("qwen2", seed=3)
+    before = {name: p.data_ptr() for name, p in model.named_parameters()}
+    decoder = build_decoder(model, fuse=False)
+    assert decoder.layers[0].qkv is None and decoder.layers[0].gate_up is None
+    assert {name: p.data_ptr() for name, p in model.named_parameters()} == before
+    hf_cache, cache = DynamicCache(), decoder.new_cache(64)
+    with torch.inference_mode():
+        for ids in ([4, 8, 15, 16, 23], [42], [7]):
+            torch.testing.assert_close(
+                decoder.forward(cache, ids), _hf_step(model, hf_cache, ids), **TOL
+            )
