@@ -143,13 +143,14 @@ def run_set(qa: QASet, models: list[str], encoder: Callable | None, args: argpar
             add(label, f"dense: default ({cfg.strategy}, centred={cfg.center})", dense,
                 f"{per_chunk * 1000:.0f} ms/chunk")
             hybrid = [[r.index for r in hybrid_search(
-                q, qa.passages, lexical, lambda _q, n, row=dense[i]: row[:n], k=20,
-                fetch_k=20)] for i, q in enumerate(qa.questions)]
-            add(label, "hybrid: BM25 + dense (RRF)", hybrid)
+                q, qa.passages, lexical, lambda _q, n, row=dense[i]: row[:n], k=args.fetch_k,
+                fetch_k=args.fetch_k)] for i, q in enumerate(qa.questions)]
+            add(label, f"hybrid: BM25 + dense (RRF, top {args.fetch_k} each)", hybrid)
             if not subset:
                 continue
             add("-", "BM25 (rkllm-py terms)", bm25, on_subset=True)
-            add(label, "hybrid: BM25 + dense (RRF)", hybrid, on_subset=True)
+            add(label, f"hybrid: BM25 + dense (RRF, top {args.fetch_k} each)", hybrid,
+                on_subset=True)
             start = time.perf_counter()
             reranked = []
             for i in subset:
