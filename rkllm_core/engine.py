@@ -224,6 +224,9 @@ class EngineInfo:
     """The runtime can keep a conversation in its KV cache between runs (not NPU family 1.1)."""
     per_run_sampling: bool = True
     """Sampling values can change per run (NPU before 1.3 takes them only at init)."""
+    supports_logits: bool = False
+    """The logits mode works (PC engine; NPU from 1.2.0): a forced call among several tools
+    then picks its tool by the model's logits."""
     runtime_template: ChatTemplateParts | None = None
     """The runtime's own template, after ``set_chat_template``."""
     runtime_version: str | None = None

@@ -35,7 +35,7 @@ from .engine import (
 )
 from .errors import ConfigError, EngineUnavailableError, GenerationError, ModelClosedError
 from .queueing import Job, Worker, async_channel, thread_channel
-from .reply import ReplyAssembler, ReplyPlan, plan_reply, with_system_note
+from .reply import ReplyAssembler, ReplyPlan, choose_tool, plan_reply, with_system_note
 from .results import GenerationResult, Usage
 from .retrieval.rerank import Ranked, query_likelihood, rank, scoring_sequences
 from .streams import (
@@ -301,6 +301,14 @@ class RKLLMModel:
         role, lora_adapter = options.pop("role"), options.pop("lora_adapter")
         enable_thinking = options["enable_thinking"]
         item, turn = self._prepare(prompt, plan, **options)
+        if (plan.mode == "forced" and plan.forced_name is None and len(plan.tool_names) > 1
+                and self.info.supports_logits and not turn.keep_history
+                and isinstance(item, PromptInput)):
+            # "any" tool: let the model's own logits pick among the bound names, then
+            # force that one, so a forced call can never name a tool that was not bound
+            name = choose_tool(item.text, plan.tool_names, self.tokenize, self.logits)
+            plan = plan_reply(plan.render_tools, name)
+            item, turn = self._prepare(prompt, plan, **options)
         request = Request(
             input=item, sampling=params, mode=InferMode.GENERATE, keep_history=turn.keep_history,
             role=turn.role or role, enable_thinking=bool(enable_thinking),

@@ -16,9 +16,11 @@ The per-call deadline lives with the queue (:mod:`rkllm_core.queueing`): it coun
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
+
+import numpy as np
 
 from .errors import ConfigError
 from .results import InvalidToolCall, ToolCall
@@ -453,3 +455,40 @@ __all__ = [
     "tool_names",
     "with_system_note",
 ]
+
+
+# --- choosing the tool of a forced call ----------------------------------------------------
+
+
+def name_logprob(
+    text: str, name: str, encode: Callable[[str], list[int]],
+    logits: Callable[[list[int]], np.ndarray],
+) -> float:
+    """Log-probability that the model writes ``name`` and its closing quote after ``text``.
+
+    The text and the name are tokenized together (a BPE tokenizer may merge the opening
+    quote with the name's first letters); the tokens after the longest shared prefix with
+    the text alone are scored.
+    """
+    base = encode(text)
+    full = encode(text + name + '"')
+    shared = 0
+    for a, b in zip(base, full, strict=False):
+        if a != b:
+            break
+        shared += 1
+    shared = max(1, shared)
+    rows = np.asarray(logits(full), dtype=np.float64)[shared - 1 : len(full) - 1]
+    peak = rows.max(axis=1)
+    log_norm = np.log(np.exp(rows - peak[:, None]).sum(axis=1)) + peak
+    targets = np.asarray(full[shared:])
+    return float((rows[np.arange(len(targets)), targets] - log_norm).sum())
+
+
+def choose_tool(
+    text: str, names: Sequence[str], encode: Callable[[str], list[int]],
+    logits: Callable[[list[int]], np.ndarray],
+) -> str:
+    """The bound tool the model most likely names after ``text`` (a prompt ending in
+    ``{"name": "``): constrained decoding of the name, one forward pass per tool."""
+    return max(names, key=lambda name: name_logprob(text, name, encode, logits))

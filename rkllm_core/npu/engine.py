@@ -217,6 +217,7 @@ class NPUEngine:
             raw_prompt=self._raw_prompt or self.tokenizer is not None,
             supports_keep_history=self.family != "1.1",
             per_run_sampling=self.spec.sampling_per_run,
+            supports_logits=bool(self.spec.logits),
             runtime_version=ident.sdk_version,
             extra={
                 "runtime_library": str(ident.path),

@@ -125,6 +125,7 @@ class PCEngine:
             bos_token=self.tokenizer.bos_token,
             eos_token=self.tokenizer.eos_token,
             embedding_pooling=declared_pooling(path) if path.is_dir() else None,
+            supports_logits=True,
             extra={
                 "source_format": loaded.source_format,
                 "device": device,
