@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ def test_choose_tool_takes_the_name_the_logits_prefer() -> None:
     def encode(text: str) -> list[int]:
         return [ord(c) % 50 for c in text]
 
-    def logits_favouring(letter: str):  # noqa: ANN202 - a test double
+    def logits_favouring(letter: str) -> Callable[[list[int]], np.ndarray]:
         def logits(ids: list[int]) -> np.ndarray:
             out = np.zeros((len(ids), 50))
             out[:, ord(letter) % 50] = 5.0
