@@ -23,11 +23,10 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import ConfigError
-from .results import InvalidToolCall, ToolCall
+from .results import InvalidToolCall, ReplyFinishReason, ToolCall
 from .tools import TOOL_CALL_TAG, parse_tool_calls
 
 ReplyMode = Literal["plain", "tools", "forced", "json"]
-ReplyFinishReason = Literal["stop", "length", "abort", "error", "tool_calls"]
 
 SCHEMA_INSTRUCTION = (
     "Answer with a single JSON object that conforms to this JSON schema, and nothing else:\n"
