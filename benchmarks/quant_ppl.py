@@ -203,18 +203,8 @@ def build(llm: RKLLM, cfg: QuantConfig, dataset: Any, kwargs: dict[str, Any]) ->
     """The model of ``cfg`` (the float model for ``float``), or why this model cannot take it."""
     if cfg.dtype is None:
         return llm._model
-    platform, cores = cfg.platform()
     try:
-        llm.build(
-            optimization_level=cfg.optimization_level,
-            quantized_dtype=cfg.dtype,
-            quantized_algorithm=cfg.algorithm,
-            target_platform=platform,
-            num_npu_core=cores,
-            dataset=dataset,
-            activation_mode=cfg.activation_mode,
-            **kwargs,
-        )
+        cfg.build_with(llm, dataset, **kwargs)
     except Exception as exc:  # e.g. a group size that does not divide this model's layers
         return str(exc)
     return llm.model

@@ -172,6 +172,21 @@ class QuantConfig:
                 return p.name, max(p.npu_cores)
         raise ConfigError(f"no platform runs {self.dtype!r}")
 
+    def build_with(self, llm: Any, dataset: Any, **options: Any) -> None:
+        """``llm.build`` for this row (its dtype, algorithm, level, activation mode, and the
+        first platform that runs the dtype); ``options`` are further build arguments."""
+        platform, cores = self.platform()
+        llm.build(
+            optimization_level=self.optimization_level,
+            quantized_dtype=self.dtype,
+            quantized_algorithm=self.algorithm,
+            target_platform=platform,
+            num_npu_core=cores,
+            dataset=dataset,
+            activation_mode=self.activation_mode,
+            **options,
+        )
+
 
 @dataclass
 class TableRow:
@@ -217,17 +232,8 @@ def perplexity_table(
                         if isinstance(m, QuantLinear) and m.act_mode == "static":
                             m.use_dynamic_activations(cfg.activation_mode)
                 else:
-                    platform, cores = cfg.platform()
                     try:
-                        llm.build(
-                            optimization_level=cfg.optimization_level,
-                            quantized_dtype=cfg.dtype,
-                            quantized_algorithm=cfg.algorithm,
-                            target_platform=platform,
-                            num_npu_core=cores,
-                            dataset=dataset,
-                            activation_mode=cfg.activation_mode,
-                        )
+                        cfg.build_with(llm, dataset)
                     except Exception as exc:  # a config this model cannot take: say why
                         rows.append(TableRow(cfg, None, str(exc)))
                         if on_row is not None:
