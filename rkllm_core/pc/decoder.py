@@ -240,6 +240,9 @@ class CompactDecoder:
             return self.lm_head(self.final_norm(x))
         return self.lm_head(self.final_norm(x[-1:]))[0]
 
+    def close(self) -> None:
+        """Nothing to release: the tensors are the model's (freed with it)."""
+
     def _layer_forward(
         self,
         index: int,

@@ -37,8 +37,8 @@ from ..engine import (
 from ..errors import ConfigError, ContextLengthError, GenerationError
 from .decoder import build_decoder
 from .detokenize import IncrementalDecoder
-from .kv_cache import StaticKVCache
-from .loading import LoadedModel, load_pretrained
+from .kernels import Decoder, PCKernels, StatelessForward, choose_kernels
+from .loading import LoadedModel, describe_gguf, load_pretrained
 from .lookahead import PromptLookup
 from .sampling import Sampler
 
@@ -57,6 +57,10 @@ class PCEngine:
     With the compact decoder, greedy decoding checks up to ``lookahead`` guessed tokens per
     forward (:mod:`.lookahead`), and a fresh prompt reuses the cached keys/values of the
     tokens it shares with the previous prompt (``reuse_prefix``): the same tokens, less work.
+
+    ``kernels="llama.cpp"`` (GGUF files, the ``[llamacpp]`` extra; or ``RKLLM_PC_KERNELS``)
+    runs the forward pass on llama.cpp's quantized kernels instead, behind the same semantics
+    (see :mod:`.kernels`).
     """
 
     def __init__(
@@ -70,7 +74,11 @@ class PCEngine:
         compact_decoder: bool = True,
         lookahead: int = 4,
         reuse_prefix: bool = True,
+        kernels: PCKernels | None = None,
     ) -> None:
+        if lookahead < 0:
+            raise ConfigError(f"lookahead must be >= 0 (0 turns guessing off), not {lookahead}")
+        self.kernels: PCKernels = choose_kernels(kernels, model)
         # RuntimeConfig.enabled_cpus says how many cores the runtime may use; on the PC that
         # becomes torch's thread count (pinning would affect the whole process)
         threads = num_threads or config.enabled_cpus_num
@@ -78,17 +86,46 @@ class PCEngine:
             torch.set_num_threads(threads)
         # a LoadedModel is a model already in memory (the toolkit's built model, for chat_model)
         in_memory = isinstance(model, LoadedModel)
-        loaded = model if in_memory else load_pretrained(model, dtype=dtype)
-        self._model = loaded.model.to(device)
         self._device = torch.device(device)
-        # a model passed in memory stays its caller's: its weights are not rearranged
-        self._decoder = build_decoder(self._model, fuse=not in_memory) if compact_decoder else None
-        if lookahead < 0:
-            raise ConfigError(f"lookahead must be >= 0 (0 turns guessing off), not {lookahead}")
+        self._model: Any = None
+        self._decoder: Decoder | None = None
+        self._stateless: StatelessForward
+        if self.kernels == "llama.cpp":
+            if dtype != "float32" or device != "cpu" or not compact_decoder:
+                raise ConfigError(
+                    "kernels='llama.cpp' computes on the CPU in the GGUF file's own types:"
+                    " dtype, device and compact_decoder=False apply to kernels='torch' only"
+                )
+            from .llamacpp import LlamaCppDecoder, import_llama_cpp
+
+            import_llama_cpp()  # a missing extra fails before the slow reads below
+            gguf = Path(model)  # type: ignore[arg-type]  # choose_kernels checked it
+            described = describe_gguf(gguf)
+            decoder = LlamaCppDecoder(
+                gguf, n_ctx=config.max_context_len, threads=threads or torch.get_num_threads()
+            )
+            self._decoder, self._stateless = decoder, decoder.stateless_forward
+            tokenizer, cfg, generation_cfg = (
+                described.tokenizer, described.config, described.generation_config
+            )
+            source_format, quantization = "gguf", described.quantization
+        else:
+            loaded = model if in_memory else load_pretrained(model, dtype=dtype)
+            self._model = loaded.model.to(device)
+            # a model passed in memory stays its caller's: its weights are not rearranged
+            if compact_decoder:
+                self._decoder = build_decoder(self._model, fuse=not in_memory)
+            self._stateless = self._transformers_forward
+            tokenizer, cfg = loaded.tokenizer, self._model.config
+            generation_cfg = self._model.generation_config
+            source_format, quantization = loaded.source_format, loaded.quantization
+            # transformers 5 renamed past_key_values to cache; accept both generations
+            params = inspect.signature(self._model.forward).parameters
+            self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._lookahead = lookahead
         self._reuse_prefix = reuse_prefix
         self._reusable: list[int] = []  # ids of cached positions kept after a run ended
-        self.tokenizer: Any = loaded.tokenizer
+        self.tokenizer: Any = tokenizer
         self._config = config
         self._abort = threading.Event()
         self._running = threading.Event()
@@ -98,15 +135,11 @@ class PCEngine:
         self._pending: list[int] = []  # kept in history, not yet forwarded (last sampled token)
         self._template_override: ChatTemplateParts | None = None
         self._tools: tuple[str, str, str] | None = None
-        cfg = self._model.config
         text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-        self._eos_ids = self._collect_eos_ids()
-        # transformers 5 renamed past_key_values to cache; accept both generations
-        params = inspect.signature(self._model.forward).parameters
-        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._eos_ids = self._collect_eos_ids(generation_cfg, cfg)
         self._bos_id = self.tokenizer.bos_token_id
         self._adds_bos = self._tokenizer_adds_bos()
-        name = f"<in-memory {loaded.source_format} model>" if in_memory else str(model)
+        name = f"<in-memory {source_format} model>" if in_memory else str(model)
         path = Path(name)
         self.info = EngineInfo(
             backend="pc",
@@ -119,7 +152,7 @@ class PCEngine:
             vocab_size=getattr(text_cfg, "vocab_size", None),
             num_layers=getattr(text_cfg, "num_hidden_layers", None),
             platform="pc",
-            quantization=loaded.quantization,
+            quantization=quantization,
             tokenizer=type(self.tokenizer).__name__,
             chat_template=getattr(self.tokenizer, "chat_template", None),
             bos_token=self.tokenizer.bos_token,
@@ -127,10 +160,11 @@ class PCEngine:
             embedding_pooling=declared_pooling(path) if path.is_dir() else None,
             supports_logits=True,
             extra={
-                "source_format": loaded.source_format,
+                "source_format": source_format,
                 "device": device,
-                "dtype": dtype,
-                "decoder": "compact" if self._decoder is not None else "transformers",
+                "dtype": dtype if self.kernels == "torch" else (quantization or "gguf"),
+                "kernels": self.kernels,
+                "decoder": self._decoder_name(),
             },
         )
         if config.max_context_len > (self.info.context_length or config.max_context_len):
@@ -142,9 +176,14 @@ class PCEngine:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _collect_eos_ids(self) -> set[int]:
+    def _decoder_name(self) -> str:
+        if self.kernels == "llama.cpp":
+            return "llama.cpp"
+        return "compact" if self._decoder is not None else "transformers"
+
+    def _collect_eos_ids(self, *sources: Any) -> set[int]:
         ids: set[int] = set()
-        for source in (self._model.generation_config, self._model.config):
+        for source in sources:
             value = getattr(source, "eos_token_id", None)
             if isinstance(value, int):
                 ids.add(value)
@@ -188,8 +227,13 @@ class PCEngine:
         out = self._model(**kwargs, logits_to_keep=1)  # the cache is updated in place
         return out.logits[0, -1]
 
+    def _cache_is_decoders(self) -> bool:
+        """The cache is the decoder's own (truncatable, kept between requests), not
+        transformers' DynamicCache."""
+        return self._cache is not None and self._decoder is not None
+
     def _reset_cache(self) -> None:
-        if isinstance(self._cache, StaticKVCache):
+        if self._cache_is_decoders():
             self._cache.clear()  # keep the buffers for the next request
         else:
             self._cache = None
@@ -200,7 +244,7 @@ class PCEngine:
     def _release_history(self) -> None:
         """Forget the conversation. A static cache keeps its positions: the next prompt that
         starts with the same tokens (a system prompt, tool definitions) skips their prefill."""
-        if not (self._reuse_prefix and isinstance(self._cache, StaticKVCache)):
+        if not (self._reuse_prefix and self._cache_is_decoders()):
             self._reset_cache()
             return
         if self._cache_ids:
@@ -212,7 +256,7 @@ class PCEngine:
         """Keep the cached positions a fresh prompt shares with the previous one (all but its
         last token, whose logits are needed); how many were kept."""
         held, self._reusable = self._reusable, []
-        if not isinstance(self._cache, StaticKVCache):
+        if not self._cache_is_decoders():
             return 0
         shared, bound = 0, min(len(held), len(ids) - 1)
         while shared < bound and held[shared] == ids[shared]:
@@ -404,7 +448,7 @@ class PCEngine:
 
     def _drop_guesses(self, guesses: list[tuple[int, torch.Tensor]]) -> None:
         """Forget forwarded guesses that were not confirmed (their cache positions too)."""
-        if guesses and isinstance(self._cache, StaticKVCache):
+        if guesses and self._cache_is_decoders():
             self._cache.truncate(self._cache.length - len(guesses))
         guesses.clear()
 
@@ -426,7 +470,7 @@ class PCEngine:
                 raise ContextLengthError(len(seq), limit)
         start = time.perf_counter()
         want_hidden = request.mode == InferMode.LAST_HIDDEN_LAYER
-        outputs = self._batched_forward(sequences, want_hidden)
+        outputs = self._stateless(sequences, want_hidden)
         total = sum(len(s) for s in sequences)
         for out in outputs:
             if self._abort.is_set():
@@ -440,7 +484,9 @@ class PCEngine:
             FinishEvent("stop", PerfStats(elapsed, total, 0.0, 0, _rss_mb()), prompt_tokens=total)
         )
 
-    def _batched_forward(self, sequences: list[list[int]], hidden: bool) -> list[np.ndarray]:
+    def _transformers_forward(
+        self, sequences: list[list[int]], hidden: bool
+    ) -> list[np.ndarray]:
         longest = max(len(s) for s in sequences)
         ids = torch.zeros((len(sequences), longest), dtype=torch.long)
         mask = torch.zeros((len(sequences), longest), dtype=torch.long)
@@ -535,6 +581,8 @@ class PCEngine:
         self._abort.set()
         self._reset_cache()
         self._cache = None
+        if self._decoder is not None:
+            self._decoder.close()
         self._decoder = None
         self._model = None
 

@@ -131,6 +131,47 @@ def _load_gguf(path: Path, dtype: str) -> LoadedModel:
     return LoadedModel(lm.eval(), tokenizer, "gguf", quant)
 
 
+@dataclass
+class ModelDescription:
+    """What the engine needs of a model besides its weights (for kernels that bring their own)."""
+
+    tokenizer: Any  # transformers PreTrainedTokenizerBase
+    config: Any  # transformers PretrainedConfig
+    generation_config: Any  # transformers GenerationConfig
+    quantization: str | None
+
+
+def describe_gguf(path: Path) -> ModelDescription:
+    """Tokenizer and configuration of a GGUF file, without loading its weights.
+
+    The cached dequantized copy (see :func:`_load_gguf`) holds both and loads in about a
+    second; without one, transformers reads them from the file's metadata (slower: the whole
+    vocabulary is parsed) and no copy is written, since no weights were loaded.
+    """
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    source = check_gguf(path)
+    quant = source.file_type()
+    converted = _converted_dir(path, "float32")
+    if converted is not None and (converted / _SOURCE_NOTE).exists():
+        try:
+            note = _complete_copy_note(converted)
+            return ModelDescription(
+                AutoTokenizer.from_pretrained(converted),
+                AutoConfig.from_pretrained(converted),
+                GenerationConfig.from_pretrained(converted),
+                note.get("quantization", quant),
+            )
+        except Exception as exc:  # a damaged copy: read the file itself (load_pretrained
+            # rebuilds the copy the next time the torch kernels load it)
+            log.warning("cached conversion %s is unusable (%s); reading the GGUF", converted, exc)
+    tokenizer = _guarded(path, "GGUF", lambda: AutoTokenizer.from_pretrained(
+        path.parent, gguf_file=path.name))
+    config = _guarded(path, "GGUF", lambda: AutoConfig.from_pretrained(
+        path.parent, gguf_file=path.name))
+    return ModelDescription(tokenizer, config, GenerationConfig.from_model_config(config), quant)
+
+
 def _guarded(path: Path, kind: str, load: Callable[[], Any]) -> Any:
     """Run a third-party loader; its format errors become a ModelFormatError naming the file."""
     try:
