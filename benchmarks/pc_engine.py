@@ -1,5 +1,10 @@
 """PC engine against transformers' generate() (and llama.cpp when installed), same run.
 
+Contenders: the engine on its default torch kernels, the engine on llama.cpp's kernels
+(``kernels="llama.cpp"``), transformers' generate() on the same dequantized weights, and
+llama.cpp itself (llama-cpp-python's ``Llama``, its own sampler) on the same GGUF file; the two
+llama.cpp rows appear when ``llama_cpp`` is importable (the ``[llamacpp]`` extra).
+
 For each model: time to first token on a chat prompt, prefill tokens/s on a longer prompt (both
 full prefills: the engine's reuse of a shared prefix is switched off by clearing the cache), and
 decode tokens/s, greedy, interleaved over several rounds so that a loaded machine slows every
@@ -8,8 +13,6 @@ load average before and after is printed: on a shared machine compare ratios, no
 
     .venv/bin/python benchmarks/pc_engine.py [--models smollm2,qwen2.5-coder-0.5b]
         [--tokens 32] [--rounds 3] [--threads N]
-
-llama.cpp is timed only when ``llama_cpp`` (llama-cpp-python) is importable, on the same GGUF.
 """
 
 from __future__ import annotations
@@ -100,7 +103,8 @@ class LlamaCpp:
     def __init__(self, path: str, threads: int) -> None:
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=path, n_ctx=2048, n_threads=threads, verbose=False)
+        self.llm = Llama(model_path=path, n_ctx=2048, n_threads=threads,
+                         n_threads_batch=threads, verbose=False)  # fmt: skip
         self.eos = self.llm.token_eos()
 
     def _stream(self, prompt: list[int], n: int):
@@ -125,20 +129,33 @@ class LlamaCpp:
         return (count - 1) / (time.perf_counter() - (first or start))
 
 
+def _has_llama_cpp() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+ENGINE, ENGINE_CPP, HF, CPP = ("engine (torch)", "engine (llama.cpp)", "transformers generate",
+                               "llama.cpp")  # fmt: skip
+
+
 def bench_model(name: str, tokens: int, rounds: int, threads: int) -> None:
-    engine_model = RKLLMModel(name, RuntimeConfig(max_context_len=2048, ignore_eos_token=True),
-                              num_threads=threads)  # fmt: skip
+    config = RuntimeConfig(max_context_len=2048, ignore_eos_token=True)
+    engine_model = RKLLMModel(name, config, num_threads=threads, kernels="torch")
     path = engine_model.info.model_path
     chat = engine_model.tokenize(engine_model.render_chat(CHAT), True)
     long = engine_model.tokenize(LONG_TEXT, True)[:256]
-    contenders: dict[str, Engine | Transformers | LlamaCpp] = {
-        f"rkllm PC engine ({engine_model.info.extra.get('decoder', '?')})": Engine(engine_model),
-        "transformers generate": Transformers(load_pretrained(path).model),
-    }
-    try:
-        contenders["llama.cpp"] = LlamaCpp(path, threads)
-    except ImportError:
-        pass
+    models = [engine_model]
+    contenders: dict[str, Engine | Transformers | LlamaCpp] = {ENGINE: Engine(engine_model)}
+    if _has_llama_cpp():
+        cpp_model = RKLLMModel(path, config, num_threads=threads, kernels="llama.cpp")
+        models.append(cpp_model)
+        contenders[ENGINE_CPP] = Engine(cpp_model)
+    contenders[HF] = Transformers(load_pretrained(path).model)
+    if _has_llama_cpp():
+        contenders[CPP] = LlamaCpp(path, threads)
     timings = {key: Timings() for key in contenders}
     for contender in contenders.values():  # warm-up
         contender.first_token(chat)
@@ -157,18 +174,21 @@ def bench_model(name: str, tokens: int, rounds: int, threads: int) -> None:
     print(f"{'':<24}{'TTFT ms':>10}{'prefill tok/s':>16}{'decode tok/s':>14}")
     for key in contenders:
         print(timings[key].row(key))
-    med = statistics.median
-    eng, hf = timings[next(iter(contenders))], timings["transformers generate"]
-    print(f"engine / transformers: decode {med(eng.decode) / med(hf.decode):.2f}x,"
-          f" prefill {med(eng.prefill) / med(hf.prefill):.2f}x,"
-          f" TTFT {med(hf.ttft) / med(eng.ttft):.2f}x (higher is better)")
-    if "llama.cpp" in timings:
-        cpp = timings["llama.cpp"]
-        print(f"engine / llama.cpp: decode {med(eng.decode) / med(cpp.decode):.2f}x,"
-              f" prefill {med(eng.prefill) / med(cpp.prefill):.2f}x")
-    engine_model.close()
+    for key in (ENGINE, ENGINE_CPP):
+        for base in (HF, CPP):
+            if key in timings and base in timings:
+                print(_ratios(f"{key} / {base}", timings[key], timings[base]))
+    for model in models:
+        model.close()
     contenders.clear()
     gc.collect()
+
+
+def _ratios(label: str, ours: Timings, base: Timings) -> str:
+    med = statistics.median
+    return (f"{label}: decode {med(ours.decode) / med(base.decode):.2f}x,"
+            f" prefill {med(ours.prefill) / med(base.prefill):.2f}x,"
+            f" TTFT {med(base.ttft) / med(ours.ttft):.2f}x (higher is better)")
 
 
 def _load() -> str:

@@ -60,7 +60,7 @@ class PCEngine:
 
     ``kernels="llama.cpp"`` (GGUF files, the ``[llamacpp]`` extra; or ``RKLLM_PC_KERNELS``)
     runs the forward pass on llama.cpp's quantized kernels instead, behind the same semantics
-    (see :mod:`.kernels`).
+    (see :mod:`.kernels`); ``lookahead`` then defaults to 0 (4 with torch).
     """
 
     def __init__(
@@ -72,11 +72,11 @@ class PCEngine:
         device: str = "cpu",
         num_threads: int | None = None,
         compact_decoder: bool = True,
-        lookahead: int = 4,
+        lookahead: int | None = None,
         reuse_prefix: bool = True,
         kernels: PCKernels | None = None,
     ) -> None:
-        if lookahead < 0:
+        if lookahead is not None and lookahead < 0:
             raise ConfigError(f"lookahead must be >= 0 (0 turns guessing off), not {lookahead}")
         self.kernels: PCKernels = choose_kernels(kernels, model)
         # RuntimeConfig.enabled_cpus says how many cores the runtime may use; on the PC that
@@ -96,13 +96,13 @@ class PCEngine:
                     "kernels='llama.cpp' computes on the CPU in the GGUF file's own types:"
                     " dtype, device and compact_decoder=False apply to kernels='torch' only"
                 )
-            from .llamacpp import LlamaCppDecoder, import_llama_cpp
+            from .llamacpp import LlamaCppDecoder, default_threads, import_llama_cpp
 
             import_llama_cpp()  # a missing extra fails before the slow reads below
             gguf = Path(model)  # type: ignore[arg-type]  # choose_kernels checked it
             described = describe_gguf(gguf)
             decoder = LlamaCppDecoder(
-                gguf, n_ctx=config.max_context_len, threads=threads or torch.get_num_threads()
+                gguf, n_ctx=config.max_context_len, threads=threads or default_threads()
             )
             self._decoder, self._stateless = decoder, decoder.stateless_forward
             tokenizer, cfg, generation_cfg = (
@@ -122,6 +122,11 @@ class PCEngine:
             # transformers 5 renamed past_key_values to cache; accept both generations
             params = inspect.signature(self._model.forward).parameters
             self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        if lookahead is None:
+            # llama.cpp's quantized kernels cost per row (5 rows ~5.5× one row on SmolLM2),
+            # and at some lengths round a multi-row batch differently from single steps:
+            # guessing would slow decoding and let greedy text depend on the guesses
+            lookahead = 4 if self.kernels == "torch" else 0
         self._lookahead = lookahead
         self._reuse_prefix = reuse_prefix
         self._reusable: list[int] = []  # ids of cached positions kept after a run ended

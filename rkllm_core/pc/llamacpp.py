@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Sequence
@@ -35,6 +36,15 @@ _BATCH = 512  # tokens per llama_decode call (and per micro-batch)
 _init_lock = threading.Lock()
 _initialised = False
 _log_callback: Any = None  # kept alive: llama.cpp holds a pointer to it
+
+
+def default_threads() -> int:
+    """Threads for llama.cpp when the caller names none: half the logical CPUs (the physical
+    cores on SMT machines), as llama-cpp-python does. llama.cpp's threads meet at a barrier
+    after every operation, so a thread that shares its core with another busy thread stalls
+    them all: on a loaded 2-CPU machine SmolLM2 decoded ~1–3 tokens/s with 2 threads and
+    65–95 with 1 (torch's thread pool degrades far less, so its default stays)."""
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 def import_llama_cpp() -> Any:
@@ -58,11 +68,15 @@ def import_llama_cpp() -> Any:
     return llama_cpp
 
 
+_LOG_LEVELS = {3: logging.INFO, 4: logging.WARNING}  # ggml's WARN and ERROR; the rest DEBUG
+
+
 def _forward_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-    # llama.cpp narrates every load on stderr; keep it in logging (errors stay visible)
+    # llama.cpp narrates every load on stderr; keep it in logging (its errors stay visible,
+    # its warnings are about the file's metadata, not about this engine's use of it)
     message = text.decode("utf-8", "replace").rstrip()
     if message:
-        log.log(logging.WARNING if level == 3 else logging.DEBUG, "llama.cpp: %s", message)
+        log.log(_LOG_LEVELS.get(level, logging.DEBUG), "llama.cpp: %s", message)
 
 
 class _Context:
@@ -77,7 +91,17 @@ class _Context:
         params.n_seq_max = 1
         params.n_threads = params.n_threads_batch = threads
         params.embeddings = embeddings
-        params.pooling_type = lib.LLAMA_POOLING_TYPE_NONE
+        if embeddings:  # one hidden state per token, whatever pooling the file declares
+            params.pooling_type = lib.LLAMA_POOLING_TYPE_NONE
+        # Flash attention's CPU kernel takes another path for large batches: a 64-token
+        # prefill then rounds differently from 24 + 40 tokens (up to ~1 logit on SmolLM2),
+        # so a reused prefix or a checked guess could change greedy text. Without it every
+        # split of a prompt gives the same logits, bit for bit, at the same decode speed.
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # float32 keys and values, as in the torch engine's cache: with llama.cpp's default
+        # float16 SmolLM2's greedy tokens followed the torch engine's for 158 of 8 × 32
+        # (first difference), with float32 for 232, at the same speed
+        params.type_k = params.type_v = lib.GGML_TYPE_F32
         params.no_perf = True
         self.lib = lib
         self.ctx = lib.llama_init_from_model(model, params)
@@ -262,7 +286,7 @@ class LlamaCppDecoder:
         if self._main is None:
             raise GenerationError("the llama.cpp decoder is closed")
         if self._stateless is None:
-            self._stateless = self._new_context(embeddings=hidden)
+            self._stateless = self._new_context(embeddings=True)
         context = self._stateless
         self._lib.llama_set_embeddings(context.ctx, hidden)
         getter = self._lib.llama_get_embeddings_ith if hidden else self._lib.llama_get_logits_ith
