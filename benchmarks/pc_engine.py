@@ -12,7 +12,10 @@ contender alike; medians and the ratios engine / transformers (and engine / llam
 load average before and after is printed: on a shared machine compare ratios, not absolutes.
 
     .venv/bin/python benchmarks/pc_engine.py [--models smollm2,qwen2.5-coder-0.5b]
-        [--tokens 32] [--rounds 3] [--threads N]
+        [--tokens 32] [--rounds 3] [--threads N] [--cpp-threads N]
+
+Threads: torch's default for the torch contenders, llama.cpp's default in the engine (half
+the CPUs) for the llama.cpp ones; on a busy machine llama.cpp with a thread per core stalls.
 """
 
 from __future__ import annotations
@@ -141,7 +144,7 @@ ENGINE, ENGINE_CPP, HF, CPP = ("engine (torch)", "engine (llama.cpp)", "transfor
                                "llama.cpp")  # fmt: skip
 
 
-def bench_model(name: str, tokens: int, rounds: int, threads: int) -> None:
+def bench_model(name: str, tokens: int, rounds: int, threads: int, cpp_threads: int) -> None:
     config = RuntimeConfig(max_context_len=2048, ignore_eos_token=True)
     engine_model = RKLLMModel(name, config, num_threads=threads, kernels="torch")
     path = engine_model.info.model_path
@@ -150,12 +153,12 @@ def bench_model(name: str, tokens: int, rounds: int, threads: int) -> None:
     models = [engine_model]
     contenders: dict[str, Engine | Transformers | LlamaCpp] = {ENGINE: Engine(engine_model)}
     if _has_llama_cpp():
-        cpp_model = RKLLMModel(path, config, num_threads=threads, kernels="llama.cpp")
+        cpp_model = RKLLMModel(path, config, num_threads=cpp_threads, kernels="llama.cpp")
         models.append(cpp_model)
         contenders[ENGINE_CPP] = Engine(cpp_model)
     contenders[HF] = Transformers(load_pretrained(path).model)
     if _has_llama_cpp():
-        contenders[CPP] = LlamaCpp(path, threads)
+        contenders[CPP] = LlamaCpp(path, cpp_threads)
     timings = {key: Timings() for key in contenders}
     for contender in contenders.values():  # warm-up
         contender.first_token(chat)
@@ -184,6 +187,14 @@ def bench_model(name: str, tokens: int, rounds: int, threads: int) -> None:
     gc.collect()
 
 
+def _cpp_default_threads() -> int:
+    if not _has_llama_cpp():
+        return 0
+    from rkllm_core.pc.llamacpp import default_threads
+
+    return default_threads()
+
+
 def _ratios(label: str, ours: Timings, base: Timings) -> str:
     med = statistics.median
     return (f"{label}: decode {med(ours.decode) / med(base.decode):.2f}x,"
@@ -202,12 +213,16 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch (and llama.cpp) threads; default: torch's")  # fmt: skip
+                        help="torch threads; default: torch's")  # fmt: skip
+    parser.add_argument("--cpp-threads", type=int, default=None,
+                        help="llama.cpp threads; default: the engine's (half the CPUs)")
     args = parser.parse_args()
     threads = args.threads or torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} threads; before: {_load()}")
+    cpp_threads = args.cpp_threads or _cpp_default_threads()
+    print(f"torch {torch.__version__}, {threads} threads; llama.cpp {cpp_threads} threads;"
+          f" before: {_load()}")
     for name in args.models.split(","):
-        bench_model(name.strip(), args.tokens, args.rounds, threads)
+        bench_model(name.strip(), args.tokens, args.rounds, threads, cpp_threads)
     print(f"\nafter: {_load()}")
 
 
