@@ -34,7 +34,7 @@ from ..engine import (
     TokenEvent,
     TokenInput,
 )
-from ..errors import ConfigError, ContextLengthError, GenerationError
+from ..errors import AbortedError, ConfigError, ContextLengthError, GenerationError
 from .decoder import build_decoder
 from .detokenize import IncrementalDecoder
 from .kernels import Decoder, PCKernels, StatelessForward, choose_kernels
@@ -87,6 +87,8 @@ class PCEngine:
         # a LoadedModel is a model already in memory (the toolkit's built model, for chat_model)
         in_memory = isinstance(model, LoadedModel)
         self._device = torch.device(device)
+        self._abort = threading.Event()
+        self._running = threading.Event()
         self._model: Any = None
         self._decoder: Decoder | None = None
         self._stateless: StatelessForward
@@ -102,7 +104,11 @@ class PCEngine:
             gguf = Path(model)  # type: ignore[arg-type]  # choose_kernels checked it
             described = describe_gguf(gguf)
             decoder = LlamaCppDecoder(
-                gguf, n_ctx=config.max_context_len, threads=threads or default_threads()
+                gguf,
+                n_ctx=config.max_context_len,
+                threads=threads or default_threads(),
+                # only a request's own forward passes stop (not clear_kv_cache's replay)
+                should_abort=lambda: self._abort.is_set() and self._running.is_set(),
             )
             self._decoder, self._stateless = decoder, decoder.stateless_forward
             tokenizer, cfg, generation_cfg = (
@@ -132,8 +138,6 @@ class PCEngine:
         self._reusable: list[int] = []  # ids of cached positions kept after a run ended
         self.tokenizer: Any = tokenizer
         self._config = config
-        self._abort = threading.Event()
-        self._running = threading.Event()
         self._closed = False
         self._cache: Any = None
         self._cache_ids: list[int] = []  # tokens whose keys/values are in the cache
@@ -299,6 +303,10 @@ class PCEngine:
                     self._generate(request, sink)
                 else:
                     self._prefill_only(request, sink)
+        except AbortedError:  # the llama.cpp kernels stop inside a long forward pass
+            if not request.keep_history:
+                self._reset_cache()
+            sink.emit(FinishEvent("abort"))
         except Exception as exc:  # carried to the caller, never lost
             if not request.keep_history:
                 self._reset_cache()
@@ -354,7 +362,11 @@ class PCEngine:
             # embedding rows have no ids; keep the count of positions with a placeholder
             self._cache_ids.extend([-1] * n_new)
         else:
-            logits = self._forward(pending + ids)
+            try:
+                logits = self._forward(pending + ids)
+            except AbortedError:
+                self._pending = pending  # the history stays as it was
+                raise
             self._cache_ids.extend(pending + ids)
         prefill_ms = (time.perf_counter() - start) * 1000.0
         if request.save_prompt_cache and request.prompt_cache_path:

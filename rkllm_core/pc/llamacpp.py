@@ -20,14 +20,14 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import EngineUnavailableError, GenerationError, ModelFormatError
+from ..errors import AbortedError, EngineUnavailableError, GenerationError, ModelFormatError
 from .kernels import LLAMACPP_EXTRA
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,14 @@ class _Context:
     """One llama.cpp context (its own KV cache) and a reusable token batch for it."""
 
     def __init__(
-        self, lib: Any, model: Any, n_ctx: int, threads: int, *, embeddings: bool = False
+        self,
+        lib: Any,
+        model: Any,
+        n_ctx: int,
+        threads: int,
+        *,
+        embeddings: bool = False,
+        abort: Any = None,
     ) -> None:
         params = lib.llama_context_default_params()
         params.n_ctx = n_ctx
@@ -107,6 +114,8 @@ class _Context:
         self.ctx = lib.llama_init_from_model(model, params)
         if not self.ctx:
             raise GenerationError(f"llama.cpp could not create a context of {n_ctx} positions")
+        if abort is not None:  # checked between graph nodes: a long prefill stops early
+            lib.llama_set_abort_callback(self.ctx, abort, None)
         self.memory = lib.llama_get_memory(self.ctx)
         self.n_batch = int(params.n_batch)
         self.batch = lib.llama_batch_init(self.n_batch, 0, 1)
@@ -139,6 +148,8 @@ class _Context:
         code = self.lib.llama_decode(self.ctx, batch)
         if code != 0:
             self.lib.llama_memory_seq_rm(self.memory, 0, start, -1)  # nothing half-written
+            if code == 2:
+                raise AbortedError("the request was aborted during llama.cpp's forward pass")
             raise GenerationError(
                 f"llama_decode failed with code {code} at position {start} ({n} tokens)"
                 + (": the context is full" if code == 1 else "")
@@ -193,8 +204,20 @@ class LlamaCppCache:
 class LlamaCppDecoder:
     """Forwards tokens through a GGUF model with llama.cpp, one context of ``n_ctx`` positions."""
 
-    def __init__(self, path: str | Path, *, n_ctx: int, threads: int) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_ctx: int,
+        threads: int,
+        should_abort: Callable[[], bool] | None = None,
+    ) -> None:
         lib = import_llama_cpp()
+        # held during every llama_decode: close() waits for a forward pass in flight
+        self._busy = threading.Lock()
+        self._abort_cb = None
+        if should_abort is not None:  # kept alive on the decoder: llama.cpp holds a pointer
+            self._abort_cb = lib.ggml_abort_callback(lambda _data: bool(should_abort()))
         self._lib = lib
         self._n_ctx = n_ctx
         self._threads = threads
@@ -223,7 +246,7 @@ class LlamaCppDecoder:
 
     def _new_context(self, *, embeddings: bool) -> _Context:
         context = _Context(self._lib, self._model, self._n_ctx, self._threads,
-                           embeddings=embeddings)  # fmt: skip
+                           embeddings=embeddings, abort=self._abort_cb)  # fmt: skip
         self._contexts.append(context)
         return context
 
@@ -244,7 +267,19 @@ class LlamaCppDecoder:
         all_rows: bool = False,
     ) -> torch.Tensor:
         """Append ``ids`` (or ``[n, hidden]`` ``embeds``) to ``cache``; the last logits row
-        (``[vocab]``), or with ``all_rows`` the logits of every new position (``[n, vocab]``)."""
+        (``[vocab]``), or with ``all_rows`` the logits of every new position (``[n, vocab]``).
+        Raises AbortedError when ``should_abort`` turned true during the pass (the positions
+        of the interrupted call are dropped)."""
+        with self._busy:
+            return self._forward(cache, ids, embeds, all_rows)
+
+    def _forward(
+        self,
+        cache: LlamaCppCache,
+        ids: Sequence[int] | None,
+        embeds: torch.Tensor | None,
+        all_rows: bool,
+    ) -> torch.Tensor:
         context = self._main
         if context is None:
             raise GenerationError("the llama.cpp decoder is closed")
@@ -283,6 +318,10 @@ class LlamaCppDecoder:
     def stateless_forward(self, sequences: list[list[int]], hidden: bool) -> list[np.ndarray]:
         """Logits (``[n, vocab]``) or hidden states after the final norm (``[n, hidden]``) of
         each sequence, on a context of its own (the conversation's cache is untouched)."""
+        with self._busy:
+            return self._stateless_forward(sequences, hidden)
+
+    def _stateless_forward(self, sequences: list[list[int]], hidden: bool) -> list[np.ndarray]:
         if self._main is None:
             raise GenerationError("the llama.cpp decoder is closed")
         if self._stateless is None:
@@ -305,9 +344,10 @@ class LlamaCppDecoder:
         return results
 
     def close(self) -> None:
-        """Free the contexts and the model; idempotent."""
-        self._main = self._stateless = None
-        self._finalizer()
+        """Free the contexts and the model (after a forward pass in flight); idempotent."""
+        with self._busy:
+            self._main = self._stateless = None
+            self._finalizer()
 
 
 def _free(lib: Any, model: Any, contexts: list[_Context]) -> None:

@@ -9,13 +9,15 @@ reuse, cancellation — is the engine's own and is checked to behave as with tor
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 
-from rkllm_core import RKLLMModel, RuntimeConfig, SamplingParams, fetch_model
+from rkllm_core import ModelClosedError, RKLLMModel, RuntimeConfig, SamplingParams, fetch_model
 from rkllm_core.engine import EmbedInput, FinishEvent, Request, TokenEvent
 
 pytest.importorskip(
@@ -254,3 +256,33 @@ def test_embedding_input_continues_like_its_tokens(models: dict[str, RKLLMModel]
     from_ids = models["llama.cpp"].generate(ids, max_new_tokens=12, **GREEDY).token_ids
     assert isinstance(sink.events[-1], FinishEvent)
     assert from_rows == list(from_ids)
+
+
+def test_abort_stops_a_long_prefill_and_close_waits_for_it() -> None:
+    """llama.cpp checks the engine's abort flag between graph nodes: a long prompt stops
+    within its prefill, and closing the model during a forward pass frees nothing under it."""
+    config = RuntimeConfig(max_context_len=2048, ignore_eos_token=True)
+    long_prompt = " ".join(["The lighthouse keeper climbed the stairs and trimmed the wick."] * 100)
+    with RKLLMModel(fetch_model("smollm2"), config, kernels="llama.cpp") as model:
+        ids = model.tokenize(long_prompt, True)[:1500]
+        full = model.generate(ids[:40], max_new_tokens=2, **GREEDY)  # warm
+        assert full.finish_reason == "length"
+        stream = model.stream(ids, max_new_tokens=5, **GREEDY)
+        timer = threading.Timer(0.5, stream.abort)
+        start = time.perf_counter()
+        timer.start()
+        result = stream.result
+        elapsed = time.perf_counter() - start
+        assert result.finish_reason == "abort" and result.usage.completion_tokens == 0
+        # the engine stays usable, its cache consistent
+        again = model.generate(ids[:40], max_new_tokens=2, **GREEDY)
+        assert again.token_ids == full.token_ids
+        closing = model.stream(ids, max_new_tokens=5, **GREEDY)
+        time.sleep(0.5)
+    # leaving the block closed the model mid-prefill: the request ends, nothing crashes
+    try:
+        reason = closing.result.finish_reason
+    except ModelClosedError:
+        reason = "closed"
+    assert reason in ("abort", "closed")
+    assert elapsed < 4.0, elapsed  # a full prefill of these ~1300 tokens takes ~8 s here
