@@ -286,3 +286,19 @@ def test_abort_stops_a_long_prefill_and_close_waits_for_it() -> None:
         reason = "closed"
     assert reason in ("abort", "closed")
     assert elapsed < 4.0, elapsed  # a full prefill of these ~1300 tokens takes ~8 s here
+
+
+def test_context_shift_and_history_edits_replay_through_llama_cpp() -> None:
+    """The engine's context shift (keep n_keep, drop half the rest, prefill again) and
+    clear_kv_cache ranges run on llama.cpp's cache like on torch's."""
+    config = RuntimeConfig(max_context_len=64, n_keep=8, ignore_eos_token=True)
+    with RKLLMModel(fetch_model("smollm2"), config, kernels="llama.cpp") as model:
+        result = model.generate("Once upon a time, in a lighthouse,", max_new_tokens=100, **GREEDY)
+        assert result.finish_reason == "length" and len(result.token_ids) == 100
+        model.generate("My name is Ada and I keep the light.", max_new_tokens=4,
+                       keep_history=True, **GREEDY)  # fmt: skip
+        held = model.kv_cache_size()[0]
+        model._engine.clear_kv_cache(start_pos=[2], end_pos=[6])
+        assert model.kv_cache_size()[0] == held - 4
+        reply = model.generate(" What is my name?", max_new_tokens=4, keep_history=True, **GREEDY)
+        assert len(reply.token_ids) == 4
