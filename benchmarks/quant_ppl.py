@@ -1,6 +1,7 @@
 """Perplexity under the toolkit's quantizations: in-domain and on held-out text, per calibration.
 
-Run: ``python benchmarks/quant_ppl.py [--model smollm2|qwen2.5-coder-0.5b|PATH] [--windows 16]``
+Run: ``python benchmarks/quant_ppl.py [--model smollm2 qwen2.5-coder-0.5b|PATH ...] [--windows 16]``
+(both demo models by default, one after the other: each prints its own tables)
 
 Texts (Rockchip's recipe: tokenized once, non-overlapping 512-token windows, mean next-token
 cross-entropy, exponentiated):
@@ -104,7 +105,12 @@ def needs_calibration(cfg: QuantConfig) -> bool:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2", help="demo name, .gguf file or HF directory")
+    ap.add_argument(
+        "--model",
+        nargs="+",
+        default=["smollm2", "qwen2.5-coder-0.5b"],
+        help="demo names, .gguf files or HF directories",
+    )
     ap.add_argument("--windows", type=int, default=16, help="in-domain 512-token windows")
     ap.add_argument("--heldout", default="gpl-3", choices=list(HELDOUT))
     ap.add_argument("--heldout-windows", type=int, default=14)
@@ -117,9 +123,15 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("rkllm_core.toolkit.api").setLevel(logging.INFO)
     torch.set_num_threads(args.threads)
+    for name in args.model:
+        run_model(name, args)
+    return 0
 
+
+def run_model(name: str, args: argparse.Namespace) -> None:
+    """Both tables (in-domain and held-out) of one model, every calibration a column."""
     t0 = time.perf_counter()
-    path = resolve_model(args.model)
+    path = resolve_model(name)
     llm = RKLLM(strict=True)
     if path.suffix == ".gguf":
         llm.load_gguf(str(path))
@@ -195,8 +207,7 @@ def main() -> int:
         print()
         for line in target_lines(results[name], args.calibrations):
             print(line)
-    print(f"\ntotal time {time.perf_counter() - t0:.0f} s")
-    return 0
+    print(f"\ntotal time {time.perf_counter() - t0:.0f} s\n", flush=True)
 
 
 def build(llm: RKLLM, cfg: QuantConfig, dataset: Any, kwargs: dict[str, Any]) -> Any:

@@ -8,6 +8,11 @@ quantizer reaches its first column (so it sees the weights already updated by th
 feedback); or act-order with static groups (scales fixed from the original weights, columns
 visited by decreasing Hessian diagonal), which needs no permutation in the file and is the
 more accurate on LLM inputs.
+
+Two refinements fit the same stored form: the static group scales are clip-searched on the
+rounding error weighted by each column's input energy (the Hessian diagonal), and after the
+integers are chosen each row's group scales are refit to them by least squares on the
+calibration inputs (:func:`refit_group_scales`; GPTQ fixes the integers, not the scales).
 """
 
 from __future__ import annotations
@@ -23,14 +28,20 @@ log = logging.getLogger(__name__)
 
 
 class HessianAccumulator:
-    """Running ``H = 2/n * sum x x^T`` of a layer's inputs ``x`` [tokens, in]."""
+    """Running ``H = 2/n * sum x x^T`` of a layer's inputs ``x`` [tokens, in].
+
+    With ``x_ref`` (the same tokens' inputs in the float model) it also keeps the cross term
+    ``C = 2/n * sum x_ref x^T``, from which :meth:`float_target` derives the weight whose
+    output on the quantized model's inputs best matches the float model's output.
+    """
 
     def __init__(self, in_features: int) -> None:
         self.in_features = in_features
         self.h = torch.zeros(in_features, in_features, dtype=torch.float32)
+        self.c: torch.Tensor | None = None
         self.n = 0
 
-    def add(self, x: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor, x_ref: torch.Tensor | None = None) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
         if self.h.device != x.device:
             self.h = self.h.to(x.device)
@@ -38,14 +49,39 @@ class HessianAccumulator:
         if t == 0:
             return
         # running mean keeps the magnitude independent of the number of tokens seen
-        self.h *= self.n / (self.n + t)
+        keep = self.n / (self.n + t)
+        self.h *= keep
         self.n += t
         x = x * (2.0 / self.n) ** 0.5
         self.h += x.t() @ x
+        if x_ref is not None:
+            xr = x_ref.detach().reshape(-1, x.shape[-1]).float().to(x.device)
+            if self.c is None:
+                self.c = torch.zeros_like(self.h)
+            self.c *= keep
+            self.c += (xr * (2.0 / self.n) ** 0.5).t() @ x
 
     @property
     def diag(self) -> torch.Tensor:
         return torch.diagonal(self.h)
+
+    def float_target(self, w: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+        """``W C H^-1`` (H dampened): the least-squares weight mapping the quantized model's
+        inputs to the float model's outputs, ``W`` itself when both see the same inputs.
+
+        GPTQ on this target with ``H`` minimises ``|W_q x - W x_ref|^2`` rather than
+        ``|W_q x - W x|^2``, so a layer also corrects the error the quantized layers before it
+        left in its inputs (as in GPTAQ, Li et al. 2025).
+        """
+        w = w.detach().float()
+        if self.c is None:
+            return w.clone()
+        h = self.h.to(w.device)
+        mean_diag = float(torch.diagonal(h).mean()) or 1.0
+        hd = h + torch.eye(h.shape[0], dtype=h.dtype, device=h.device) * (damp * mean_diag)
+        # W + W (C - H) Hd^-1 : exactly W when C = H, whatever the damping
+        delta = torch.linalg.solve(hd, (self.c.to(w.device) - h).t() @ w.t()).t()
+        return w + delta
 
 
 def _inverse_hessian_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
@@ -73,6 +109,8 @@ def gptq_quantize(
     block_size: int = 128,
     damp: float = 0.01,
     act_order: bool = False,
+    refit_scales: bool = False,
+    weighted_clip: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize ``w`` [out, in] with GPTQ; returns int8 ``q`` [out, in], fp16 scales [out, G].
 
@@ -85,19 +123,25 @@ def gptq_quantize(
     permutation in the file), which is what Rockchip's toolkit and our format accept.
     """
     w = w.detach().float().clone()
+    w0 = None
     h = hessian.detach().float().to(w.device).clone()
     out_f, in_f = w.shape
     g = dtype.group_size
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
+    if refit_scales:
+        w0, h0 = w.clone(), h.clone()
 
     n_groups = 1 if g is None else in_f // g
     scales = torch.empty(out_f, n_groups, dtype=torch.float16, device=w.device)
     static = g is None or act_order
     if static:
         blocks = w.reshape(out_f, n_groups, -1)
-        t = block_threshold(blocks, dtype, algorithm, percentile)
+        if weighted_clip and algorithm == "kl_divergence":
+            t = _weighted_clip(blocks, torch.diagonal(h).reshape(n_groups, -1), dtype)
+        else:
+            t = block_threshold(blocks, dtype, algorithm, percentile)
         scales[:] = scales_from_threshold(t, dtype)
     perm = torch.arange(in_f, device=w.device)
     if act_order:
@@ -130,4 +174,63 @@ def gptq_quantize(
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     if act_order:
         q_all = q_all[:, torch.argsort(perm)]
+    if w0 is not None:
+        scales = refit_group_scales(w0, q_all, scales, h0, g)
     return q_all, scales
+
+
+def _weighted_clip(
+    blocks: torch.Tensor, diag: torch.Tensor, dtype: QuantDtype, grid: int = 20, lo: float = 0.5
+) -> torch.Tensor:
+    """Each group's clip threshold minimising its rounding error weighted by the input energy
+    of each column (the Hessian diagonal), [out, G] from ``blocks`` [out, G, g], ``diag`` [G, g]."""
+    absmax = blocks.abs().amax(dim=-1)
+    best_err = torch.full_like(absmax, float("inf"))
+    best_t = absmax.clone()
+    d = diag.unsqueeze(0)
+    for ratio in torch.linspace(1.0, lo, grid).tolist():
+        t = absmax * ratio
+        s = (t / dtype.qmax).to(torch.float16).float().clamp_min(1e-8).unsqueeze(-1)
+        q = torch.clamp(torch.round(blocks / s), dtype.qmin, dtype.qmax)
+        err = (((q * s - blocks) ** 2) * d).sum(dim=-1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_t = torch.where(better, t, best_t)
+    return best_t
+
+
+def refit_group_scales(
+    w: torch.Tensor,
+    q: torch.Tensor,
+    scales: torch.Tensor,
+    h: torch.Tensor,
+    group_size: int | None,
+    chunk: int = 64,
+) -> torch.Tensor:
+    """The scales [out, G] that minimise ``(w - q s) H (w - q s)^T`` for the integers ``q``.
+
+    With the integers fixed, the layer's output error on the calibration inputs is a quadratic
+    in each row's group scales: one small linear system per output row (G x G). Rows whose
+    system is singular (all-zero groups) or whose solution is not positive keep their scales.
+    """
+    out_f, in_f = w.shape
+    g = group_size or in_f
+    n_groups = in_f // g
+    qf = q.float()
+    hw = w @ h  # [out, in]
+    new = scales.float().clone()
+    hg = h.reshape(n_groups, g, in_f)
+    eye = torch.eye(n_groups, dtype=h.dtype, device=h.device)
+    for r0 in range(0, out_f, chunk):
+        qb = qf[r0 : r0 + chunk].reshape(-1, n_groups, g)  # [r, G, g]
+        t = torch.einsum("rgi,gij->rgj", qb, hg)  # [r, G, in]: q_g^T H restricted to group g
+        a = (t.reshape(-1, n_groups, n_groups, g) * qb.unsqueeze(1)).sum(-1)  # [r, G, G]
+        b = (qb * hw[r0 : r0 + chunk].reshape(-1, n_groups, g)).sum(-1)  # [r, G]
+        diag = torch.diagonal(a, dim1=1, dim2=2)
+        ridge = 1e-6 * diag.mean(dim=1).clamp_min(1e-12)
+        a = a + eye * ridge[:, None, None]
+        sol, info = torch.linalg.solve_ex(a, b.unsqueeze(-1))
+        sol = sol.squeeze(-1)
+        ok = (info == 0).unsqueeze(1) & (sol > 0) & (diag > 0) & torch.isfinite(sol)
+        new[r0 : r0 + chunk] = torch.where(ok, sol, new[r0 : r0 + chunk])
+    return new.to(torch.float16)

@@ -8,10 +8,11 @@ Order of work (each pass shows a progress bar):
    arguments (so layers can be replayed one at a time);
 2. ``optimization_level=1`` with an ``a8`` dtype: SmoothQuant folding, checked on the model's
    float output;
-3. quantization: ``optimization_level=1`` runs GPTQ (act-order with static group scales)
-   layer by layer, feeding each decoder layer the output of the already-quantized layers
-   before it (activation histograms and sampled rows for the static scales are collected
-   along the way, and each static scale is clip-searched on its layer's output error);
+3. quantization: ``optimization_level=1`` runs GPTQ (act-order with static group scales,
+   then the scales refit to the integers) layer by layer, feeding each decoder layer the
+   output of the already-quantized layers before it (activation histograms and sampled rows
+   for the static scales are collected along the way, and each static scale is clip-searched
+   on its layer's output error);
    level 0 rounds to nearest;
 4. every quantized Linear is replaced by :class:`~.qlinear.QuantLinear`.
 
@@ -71,6 +72,18 @@ class BuildPlan:
     gptq: bool = False
     #: GPTQ column order by decreasing Hessian diagonal, with static group scales
     act_order: bool = True
+    #: after GPTQ, refit each row's group scales to its integers by least squares on the
+    #: calibration inputs (see :func:`.gptq.refit_group_scales`)
+    refit_scales: bool = True
+    #: the ``kl_divergence`` clip search of GPTQ's static groups weighs each column's rounding
+    #: error by its input energy (the Hessian diagonal) rather than equally
+    weighted_clip: bool = True
+    #: GPTQ targets the float model's outputs (each layer also corrects the error already in
+    #: its inputs) instead of the float weights' outputs on the quantized inputs; costs one
+    #: more forward pass per layer (see :meth:`.gptq.HessianAccumulator.float_target`)
+    float_target: bool = False
+    #: GPTQ's relative dampening of the Hessian diagonal
+    damp: float = 0.01
 
     @property
     def weight_rule(self) -> str:
@@ -262,13 +275,23 @@ def observe(
         handles.append(layer.register_forward_pre_hook(layer_hook(i), with_kwargs=True))
     try:
         for ids in tqdm(batches, desc="calibration", unit="batch"):
-            model(input_ids=ids, use_cache=False)
+            # only the hooks' records are wanted: one position of logits spares the output
+            # head's matmul over every token (a quarter of Qwen2.5-0.5B's forward pass)
+            model(input_ids=ids, use_cache=False, **_one_logit(model))
             norm_outputs.clear()
             same_input.clear()
     finally:
         for h in handles:
             h.remove()
     return stats, feeds, layer_kwargs, first_inputs
+
+
+def _one_logit(model: nn.Module) -> dict[str, int]:
+    """``logits_to_keep=1`` where the model's forward takes it (transformers >= 4.50)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
 def channel_magnitude(st: _InputStats, kind: str) -> torch.Tensor:
@@ -370,10 +393,15 @@ def sequential_gptq(
     """GPTQ, one decoder layer at a time, each fed by the quantized layers before it."""
     results: dict[str, LayerResult] = {}
     hidden = list(first_inputs)
+    hidden_ref = list(first_inputs) if plan.float_target else None
     want_hist = plan.act_mode == "static"
     for index, layer in enumerate(tqdm(layers, desc="GPTQ", unit="layer")):
         prefix = f"{layers_name}.{index}."
         mine = {n: m for n, m in targets.items() if n.startswith(prefix)}
+        refs: dict[str, list[torch.Tensor]] = {}
+        if hidden_ref is not None:
+            hidden_ref = _reference_pass(layer, mine, hidden_ref, layer_kwargs[index], refs)
+        batch = [0]
         acc = {n: HessianAccumulator(m.in_features) for n, m in mine.items()}
         rows: dict[str, list[torch.Tensor]] = {}
         seen: dict[int, tuple[torch.Tensor, str]] = {}
@@ -387,6 +415,8 @@ def sequential_gptq(
                 acc: dict[str, HessianAccumulator] = acc,
                 rows: dict[str, list[torch.Tensor]] = rows,
                 seen: dict[int, tuple[torch.Tensor, str]] = seen,
+                refs: dict[str, list[torch.Tensor]] = refs,
+                batch: list[int] = batch,
             ) -> None:
                 prev = seen.get(id(inp[0]))
                 if prev is not None and prev[0] is inp[0]:  # q/k/v, gate/up: same input
@@ -397,7 +427,7 @@ def sequential_gptq(
                     return
                 seen[id(inp[0])] = (inp[0], name)
                 x = inp[0].reshape(-1, inp[0].shape[-1])
-                acc[name].add(x)
+                acc[name].add(x, refs[name][batch[0]] if refs else None)
                 if want_hist:
                     hists.setdefault(name, AbsHistogram()).update(x)
                     rows.setdefault(name, []).append(_sample_rows(x))
@@ -405,6 +435,7 @@ def sequential_gptq(
             handles.append(lin.register_forward_pre_hook(hook))
         try:
             for b, h in enumerate(hidden):
+                batch[0] = b
                 _layer_forward(layer, h, layer_kwargs[index][b])
                 seen.clear()
         finally:
@@ -413,13 +444,17 @@ def sequential_gptq(
         for name, lin in mine.items():
             dt = dtypes[name]
             try:
+                w = acc[name].float_target(lin.weight, plan.damp) if refs else lin.weight
                 q, s = gptq_quantize(
-                    lin.weight,
+                    w,
                     acc[name].h,
                     dt,
                     plan.weight_rule,
                     plan.percentile,
+                    damp=plan.damp,
                     act_order=plan.act_order,
+                    refit_scales=plan.refit_scales,
+                    weighted_clip=plan.weighted_clip,
                 )
             except torch.linalg.LinAlgError as exc:
                 log.warning("GPTQ failed on %s (%s): rounding to nearest instead", name, exc)
@@ -436,6 +471,29 @@ def sequential_gptq(
         for b in range(len(hidden)):
             hidden[b] = _layer_forward(layer, hidden[b], layer_kwargs[index][b])
     return results
+
+
+def _reference_pass(
+    layer: nn.Module,
+    mine: dict[str, nn.Linear],
+    hidden: list[torch.Tensor],
+    kwargs: list[dict[str, Any]],
+    refs: dict[str, list[torch.Tensor]],
+) -> list[torch.Tensor]:
+    """Run the (still float) ``layer`` on the float model's hidden states: records each
+    Linear's input per batch in ``refs`` and returns the layer's outputs."""
+    handles = []
+    for name, lin in mine.items():
+
+        def hook(_m: nn.Module, inp: tuple[Any, ...], name: str = name) -> None:
+            refs.setdefault(name, []).append(inp[0].reshape(-1, inp[0].shape[-1]))
+
+        handles.append(lin.register_forward_pre_hook(hook))
+    try:
+        return [_layer_forward(layer, h, kwargs[b]) for b, h in enumerate(hidden)]
+    finally:
+        for hd in handles:
+            hd.remove()
 
 
 def _sample_rows(x: torch.Tensor, top: int = 4, rand: int = 28) -> torch.Tensor:
