@@ -120,7 +120,6 @@ class _Context:
         self.n_batch = int(params.n_batch)
         self.batch = lib.llama_batch_init(self.n_batch, 0, 1)
         self._embd_batch: Any = None
-        self._embd_width = 0
         self._init_batch(self.batch)
         self.tokens = np.ctypeslib.as_array(self.batch.token, shape=(self.n_batch,))
 
@@ -133,7 +132,6 @@ class _Context:
         """A batch of input embeddings rows of ``width`` floats (allocated on first use)."""
         if self._embd_batch is None:
             self._embd_batch = self.lib.llama_batch_init(self.n_batch, width, 1)
-            self._embd_width = width
             self._init_batch(self._embd_batch)
         return self._embd_batch
 
@@ -271,7 +269,15 @@ class LlamaCppDecoder:
         Raises AbortedError when ``should_abort`` turned true during the pass (the positions
         of the interrupted call are dropped)."""
         with self._busy:
-            return self._forward(cache, ids, embeds, all_rows)
+            start = cache.length
+            try:
+                return self._forward(cache, ids, embeds, all_rows)
+            except BaseException:
+                # a long input is forwarded in chunks: drop the ones that went through too,
+                # so the cache holds what the engine believes it holds
+                if cache.length > start:
+                    cache.truncate(start)
+                raise
 
     def _forward(
         self,

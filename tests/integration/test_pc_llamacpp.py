@@ -277,6 +277,15 @@ def test_abort_stops_a_long_prefill_and_close_waits_for_it() -> None:
         # the engine stays usable, its cache consistent
         again = model.generate(ids[:40], max_new_tokens=2, **GREEDY)
         assert again.token_ids == full.token_ids
+        # an aborted turn of a conversation leaves the conversation as it was
+        model.generate(ids[:40], max_new_tokens=2, keep_history=True, **GREEDY)
+        held = model.kv_cache_size()
+        aborted = model.stream(ids[40:], max_new_tokens=5, keep_history=True, **GREEDY)
+        threading.Timer(2.0, aborted.abort).start()
+        assert aborted.result.finish_reason == "abort"
+        engine = model._engine
+        assert model.kv_cache_size() == held
+        assert engine._cache.length == len(engine._cache_ids)
         closing = model.stream(ids, max_new_tokens=5, **GREEDY)
         time.sleep(0.5)
     # leaving the block closed the model mid-prefill: the request ends, nothing crashes
@@ -302,3 +311,29 @@ def test_context_shift_and_history_edits_replay_through_llama_cpp() -> None:
         assert model.kv_cache_size()[0] == held - 4
         reply = model.generate(" What is my name?", max_new_tokens=4, keep_history=True, **GREEDY)
         assert len(reply.token_ids) == 4
+
+
+def test_an_aborted_chunked_forward_leaves_the_cache_as_it_was() -> None:
+    """A long input goes through in 512-token chunks; when the abort comes after the first,
+    its positions are dropped again, and the cache continues exactly as a fresh one."""
+    from rkllm_core import AbortedError
+    from rkllm_core.pc.llamacpp import LlamaCppCache, LlamaCppDecoder
+
+    path = fetch_model("smollm2")
+    held: list[LlamaCppCache] = []
+    decoder = LlamaCppDecoder(path, n_ctx=2048, threads=1,
+                              should_abort=lambda: bool(held) and held[0].length >= 512)
+    try:
+        cache = decoder.new_cache(2048)
+        held.append(cache)
+        ids = list(range(1000, 1700))
+        decoder.forward(cache, ids[:10])
+        with pytest.raises(AbortedError):
+            decoder.forward(cache, ids[10:])  # 690 tokens: 512 go through, then the abort
+        assert cache.length == 10
+        resumed = decoder.forward(cache, ids[10:20]).numpy()
+        cache.clear()
+        decoder.forward(cache, ids[:10])
+        np.testing.assert_array_equal(decoder.forward(cache, ids[10:20]).numpy(), resumed)
+    finally:
+        decoder.close()
