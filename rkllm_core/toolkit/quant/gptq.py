@@ -28,20 +28,14 @@ log = logging.getLogger(__name__)
 
 
 class HessianAccumulator:
-    """Running ``H = 2/n * sum x x^T`` of a layer's inputs ``x`` [tokens, in].
-
-    With ``x_ref`` (the same tokens' inputs in the float model) it also keeps the cross term
-    ``C = 2/n * sum x_ref x^T``, from which :meth:`float_target` derives the weight whose
-    output on the quantized model's inputs best matches the float model's output.
-    """
+    """Running ``H = 2/n * sum x x^T`` of a layer's inputs ``x`` [tokens, in]."""
 
     def __init__(self, in_features: int) -> None:
         self.in_features = in_features
         self.h = torch.zeros(in_features, in_features, dtype=torch.float32)
-        self.c: torch.Tensor | None = None
         self.n = 0
 
-    def add(self, x: torch.Tensor, x_ref: torch.Tensor | None = None) -> None:
+    def add(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
         if self.h.device != x.device:
             self.h = self.h.to(x.device)
@@ -49,39 +43,14 @@ class HessianAccumulator:
         if t == 0:
             return
         # running mean keeps the magnitude independent of the number of tokens seen
-        keep = self.n / (self.n + t)
-        self.h *= keep
+        self.h *= self.n / (self.n + t)
         self.n += t
         x = x * (2.0 / self.n) ** 0.5
         self.h += x.t() @ x
-        if x_ref is not None:
-            xr = x_ref.detach().reshape(-1, x.shape[-1]).float().to(x.device)
-            if self.c is None:
-                self.c = torch.zeros_like(self.h)
-            self.c *= keep
-            self.c += (xr * (2.0 / self.n) ** 0.5).t() @ x
 
     @property
     def diag(self) -> torch.Tensor:
         return torch.diagonal(self.h)
-
-    def float_target(self, w: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
-        """``W C H^-1`` (H dampened): the least-squares weight mapping the quantized model's
-        inputs to the float model's outputs, ``W`` itself when both see the same inputs.
-
-        GPTQ on this target with ``H`` minimises ``|W_q x - W x_ref|^2`` rather than
-        ``|W_q x - W x|^2``, so a layer also corrects the error the quantized layers before it
-        left in its inputs (as in GPTAQ, Li et al. 2025).
-        """
-        w = w.detach().float()
-        if self.c is None:
-            return w.clone()
-        h = self.h.to(w.device)
-        mean_diag = float(torch.diagonal(h).mean()) or 1.0
-        hd = h + torch.eye(h.shape[0], dtype=h.dtype, device=h.device) * (damp * mean_diag)
-        # W + W (C - H) Hd^-1 : exactly W when C = H, whatever the damping
-        delta = torch.linalg.solve(hd, (self.c.to(w.device) - h).t() @ w.t()).t()
-        return w + delta
 
 
 def _inverse_hessian_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:

@@ -8,11 +8,11 @@ Order of work (each pass shows a progress bar):
    arguments (so layers can be replayed one at a time);
 2. ``optimization_level=1`` with an ``a8`` dtype: SmoothQuant folding, checked on the model's
    float output;
-3. quantization: ``optimization_level=1`` runs GPTQ (act-order with static group scales,
-   then the scales refit to the integers) layer by layer, feeding each decoder layer the
-   output of the already-quantized layers before it (activation histograms and sampled rows
-   for the static scales are collected along the way, and each static scale is clip-searched
-   on its layer's output error);
+3. quantization: ``optimization_level=1`` runs GPTQ (act-order with static group scales;
+   for ``a16`` dtypes the scales are then refit to the integers) layer by layer, feeding
+   each decoder layer the output of the already-quantized layers before it (activation
+   histograms and sampled rows for the static scales are collected along the way, and each
+   static scale is clip-searched on its layer's output error);
    level 0 rounds to nearest;
 4. every quantized Linear is replaced by :class:`~.qlinear.QuantLinear`.
 
@@ -72,16 +72,14 @@ class BuildPlan:
     gptq: bool = False
     #: GPTQ column order by decreasing Hessian diagonal, with static group scales
     act_order: bool = True
-    #: after GPTQ, refit each row's group scales to its integers by least squares on the
-    #: calibration inputs (see :func:`.gptq.refit_group_scales`)
-    refit_scales: bool = True
-    #: the ``kl_divergence`` clip search of GPTQ's static groups weighs each column's rounding
-    #: error by its input energy (the Hessian diagonal) rather than equally
-    weighted_clip: bool = True
-    #: GPTQ targets the float model's outputs (each layer also corrects the error already in
-    #: its inputs) instead of the float weights' outputs on the quantized inputs; costs one
-    #: more forward pass per layer (see :meth:`.gptq.HessianAccumulator.float_target`)
-    float_target: bool = False
+    #: The two refinements below default (None) to weight-only (``a16``) dtypes, the builds
+    #: they were measured on; ``a8`` builds keep the GPTQ their figures were measured with.
+    #: After GPTQ, refit each row's group scales to its integers by least squares on the
+    #: calibration inputs (see :func:`.gptq.refit_group_scales`).
+    refit_scales: bool | None = None
+    #: The ``kl_divergence`` clip search of GPTQ's static groups weighs each column's rounding
+    #: error by its input energy (the Hessian diagonal) rather than equally.
+    weighted_clip: bool | None = None
     #: GPTQ's relative dampening of the Hessian diagonal
     damp: float = 0.01
 
@@ -93,6 +91,10 @@ class BuildPlan:
         if self.optimization_level >= 1 and self.algorithm == "normal":
             return "kl_divergence"
         return self.algorithm
+
+    def refinement(self, value: bool | None) -> bool:
+        """A GPTQ refinement's setting: ``value``, or by default on for ``a16`` dtypes."""
+        return not self.dtype.quantizes_activations if value is None else value
 
     @property
     def smooth(self) -> bool:
@@ -393,15 +395,10 @@ def sequential_gptq(
     """GPTQ, one decoder layer at a time, each fed by the quantized layers before it."""
     results: dict[str, LayerResult] = {}
     hidden = list(first_inputs)
-    hidden_ref = list(first_inputs) if plan.float_target else None
     want_hist = plan.act_mode == "static"
     for index, layer in enumerate(tqdm(layers, desc="GPTQ", unit="layer")):
         prefix = f"{layers_name}.{index}."
         mine = {n: m for n, m in targets.items() if n.startswith(prefix)}
-        refs: dict[str, list[torch.Tensor]] = {}
-        if hidden_ref is not None:
-            hidden_ref = _reference_pass(layer, mine, hidden_ref, layer_kwargs[index], refs)
-        batch = [0]
         acc = {n: HessianAccumulator(m.in_features) for n, m in mine.items()}
         rows: dict[str, list[torch.Tensor]] = {}
         seen: dict[int, tuple[torch.Tensor, str]] = {}
@@ -415,8 +412,6 @@ def sequential_gptq(
                 acc: dict[str, HessianAccumulator] = acc,
                 rows: dict[str, list[torch.Tensor]] = rows,
                 seen: dict[int, tuple[torch.Tensor, str]] = seen,
-                refs: dict[str, list[torch.Tensor]] = refs,
-                batch: list[int] = batch,
             ) -> None:
                 prev = seen.get(id(inp[0]))
                 if prev is not None and prev[0] is inp[0]:  # q/k/v, gate/up: same input
@@ -427,7 +422,7 @@ def sequential_gptq(
                     return
                 seen[id(inp[0])] = (inp[0], name)
                 x = inp[0].reshape(-1, inp[0].shape[-1])
-                acc[name].add(x, refs[name][batch[0]] if refs else None)
+                acc[name].add(x)
                 if want_hist:
                     hists.setdefault(name, AbsHistogram()).update(x)
                     rows.setdefault(name, []).append(_sample_rows(x))
@@ -435,7 +430,6 @@ def sequential_gptq(
             handles.append(lin.register_forward_pre_hook(hook))
         try:
             for b, h in enumerate(hidden):
-                batch[0] = b
                 _layer_forward(layer, h, layer_kwargs[index][b])
                 seen.clear()
         finally:
@@ -444,17 +438,16 @@ def sequential_gptq(
         for name, lin in mine.items():
             dt = dtypes[name]
             try:
-                w = acc[name].float_target(lin.weight, plan.damp) if refs else lin.weight
                 q, s = gptq_quantize(
-                    w,
+                    lin.weight,
                     acc[name].h,
                     dt,
                     plan.weight_rule,
                     plan.percentile,
                     damp=plan.damp,
                     act_order=plan.act_order,
-                    refit_scales=plan.refit_scales,
-                    weighted_clip=plan.weighted_clip,
+                    refit_scales=plan.refinement(plan.refit_scales),
+                    weighted_clip=plan.refinement(plan.weighted_clip),
                 )
             except torch.linalg.LinAlgError as exc:
                 log.warning("GPTQ failed on %s (%s): rounding to nearest instead", name, exc)
@@ -471,29 +464,6 @@ def sequential_gptq(
         for b in range(len(hidden)):
             hidden[b] = _layer_forward(layer, hidden[b], layer_kwargs[index][b])
     return results
-
-
-def _reference_pass(
-    layer: nn.Module,
-    mine: dict[str, nn.Linear],
-    hidden: list[torch.Tensor],
-    kwargs: list[dict[str, Any]],
-    refs: dict[str, list[torch.Tensor]],
-) -> list[torch.Tensor]:
-    """Run the (still float) ``layer`` on the float model's hidden states: records each
-    Linear's input per batch in ``refs`` and returns the layer's outputs."""
-    handles = []
-    for name, lin in mine.items():
-
-        def hook(_m: nn.Module, inp: tuple[Any, ...], name: str = name) -> None:
-            refs.setdefault(name, []).append(inp[0].reshape(-1, inp[0].shape[-1]))
-
-        handles.append(lin.register_forward_pre_hook(hook))
-    try:
-        return [_layer_forward(layer, h, kwargs[b]) for b, h in enumerate(hidden)]
-    finally:
-        for hd in handles:
-            hd.remove()
 
 
 def _sample_rows(x: torch.Tensor, top: int = 4, rand: int = 28) -> torch.Tensor:

@@ -93,39 +93,6 @@ def test_gptq_scale_refit_lowers_the_calibration_error_and_keeps_the_integers() 
         assert errs[True] < errs[False], (name, errs)
 
 
-def test_gptq_float_target_corrects_the_error_already_in_the_inputs() -> None:
-    """A layer fed by quantized layers sees inputs that differ from the float model's: aiming
-    GPTQ at the float model's outputs must beat aiming at the float weights on those inputs,
-    on tokens it was not calibrated on too."""
-    d_in, d_out = 128, 64
-    g = torch.Generator().manual_seed(9)
-    drift = torch.randn(d_in, d_in, generator=g) / d_in**0.5
-
-    def inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x_ref = _correlated_inputs(4096, d_in, seed=seed)
-        return x_ref, x_ref + 0.3 * x_ref @ drift  # what the quantized model feeds the layer
-
-    w = torch.randn(d_out, d_in, generator=g) * 0.1
-    x_ref, x = inputs(10)
-    plain, aimed = HessianAccumulator(d_in), HessianAccumulator(d_in)
-    plain.add(x)
-    for a, b in zip(x.split(1000), x_ref.split(1000), strict=True):
-        aimed.add(a, b)
-    assert torch.allclose(plain.h, aimed.h, rtol=1e-4, atol=1e-4)
-    same = HessianAccumulator(d_in)
-    same.add(x, x)
-    assert torch.allclose(same.float_target(w), w, atol=1e-5)  # nothing to correct
-    assert torch.equal(plain.float_target(w), w)  # no reference inputs recorded
-    dt = parse_dtype("w4a16_g32")
-    t_ref, t = inputs(11)
-    errs = {}
-    for name, acc in (("plain", plain), ("aimed", aimed)):
-        q, s = gptq_quantize(acc.float_target(w), acc.h, dt, "kl_divergence", act_order=True)
-        wq = dequantize_weight(q, s, dt.group_size)
-        errs[name] = float((t @ wq.t() - t_ref @ w.t()).pow(2).mean())
-    assert errs["aimed"] < 0.8 * errs["plain"], errs
-
-
 def test_level1_w4a16_without_dataset_beats_rounding_with_refit_scales(
     tiny_model_dir: Callable[[str], Path],
 ) -> None:
@@ -153,6 +120,17 @@ def test_level1_w4a16_without_dataset_beats_rounding_with_refit_scales(
         moved += int((rtn != layer.scales).sum())
         total += rtn.numel()
     assert moved > 0.9 * total, (moved, total)
+
+
+def test_gptq_refinements_default_to_weight_only_dtypes() -> None:
+    from rkllm_core.toolkit.quant.formats import parse_platform
+    from rkllm_core.toolkit.quant.pipeline import BuildPlan
+
+    w4 = BuildPlan(parse_dtype("w4a16_g64"), "normal", parse_platform("rk3576"), gptq=True)
+    w8 = BuildPlan(parse_dtype("w8a8"), "normal", parse_platform("rk3588"), gptq=True)
+    for field in (w4.refit_scales, w4.weighted_clip):
+        assert w4.refinement(field) and not w8.refinement(field)
+    assert not w4.refinement(False) and w8.refinement(True)  # an explicit choice wins
 
 
 def test_smoothing_factors_balance_ranges() -> None:
