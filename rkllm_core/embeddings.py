@@ -21,24 +21,30 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config import EmbeddingConfig, Pooling
 from .engine import EngineInfo
-from .errors import ContextLengthError
+from .errors import ConfigError, ContextLengthError
+
+if TYPE_CHECKING:
+    from .retrieval.adapter import EmbeddingAdapter
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class EmbeddingSequence:
-    """Token ids to run, the [start, end) span to pool over, and how many text tokens were cut."""
+    """Token ids to run, the [start, end) span to pool over, how many text tokens were cut,
+    and the span of the text's own tokens (where a template wraps it)."""
 
     ids: tuple[int, ...]
     start: int
     end: int
     cut: int = 0
+    text_span: tuple[int, int] | None = None
 
 
 Encode = Callable[[str], list[int]]
@@ -83,8 +89,8 @@ def build_sequence(
     ids.extend(tail)
     cut = len(text_ids) - len(kept)
     if config.strategy == "prompteol":
-        return EmbeddingSequence(tuple(ids), len(ids) - 1, len(ids), cut)
-    return EmbeddingSequence(tuple(ids), start, end, cut)
+        return EmbeddingSequence(tuple(ids), len(ids) - 1, len(ids), cut, (start, end))
+    return EmbeddingSequence(tuple(ids), start, end, cut, (start, end))
 
 
 def pool(hidden: np.ndarray, seq: EmbeddingSequence, pooling: Pooling) -> np.ndarray:
@@ -95,6 +101,13 @@ def pool(hidden: np.ndarray, seq: EmbeddingSequence, pooling: Pooling) -> np.nda
     if pooling == "first":
         return span[0]
     return span[-1]
+
+
+def adapter_features(hidden: np.ndarray, seq: EmbeddingSequence) -> np.ndarray:
+    """What an embedding adapter takes: the pooled state, then the mean state over the
+    text's own tokens (the template's tokens left out)."""
+    start, end = seq.text_span or (seq.start, seq.end)
+    return np.concatenate([hidden[seq.end - 1], hidden[start:end].mean(axis=0)])
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -156,13 +169,15 @@ class Embedder:
         run_text: TextHidden,
         window: int,
         eos: Sequence[int] = (),
+        adapter_dirs: tuple[Path, ...] = (),
     ) -> None:
         self._encode = encode
         self._run_batch = run_batch
         self._run_text = run_text
         self._window = window
         self._eos = tuple(eos)
-        self._centres: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray]] = {}
+        self._adapter_dirs = adapter_dirs
+        self._spaces: dict[tuple[object, ...], _Space] = {}
         self._lock = threading.Lock()
 
     def embed(
@@ -174,11 +189,36 @@ class Embedder:
     ) -> np.ndarray:
         """Vectors (n, hidden) of ``texts`` under ``config``; ``progress(n)`` is called as
         each forward batch of n texts is done."""
-        raw = self._raw(texts, config, is_query, progress)
-        if config.center:
-            query_mean, passage_mean = self._reference_means(config)
-            raw = raw - (query_mean if is_query else passage_mean)
+        space = self._space(config) if config.center else None
+        adapter = space.adapter if space is not None else None
+        raw = self._raw(texts, config, is_query, progress, features=adapter is not None)
+        if space is not None:
+            raw = raw - (space.query_mean if is_query else space.passage_mean)
+        if adapter is not None:
+            raw = adapter.apply(raw)
         return l2_normalize(raw) if config.normalize else raw
+
+    def features(
+        self, texts: Sequence[str], config: EmbeddingConfig, is_query: bool
+    ) -> np.ndarray:
+        """What an embedding adapter takes, uncentred (n, 2·hidden): the input of
+        ``benchmarks/fit_embedding_adapter.py``. Needs the tokenizer."""
+        if self._encode is None:
+            raise ConfigError("embedding adapter features need the model's tokenizer")
+        return self._raw(texts, config.model_copy(update={"truncate": True}), is_query,
+                         features=True)
+
+    def fingerprint(self, config: EmbeddingConfig) -> tuple[np.ndarray, np.ndarray]:
+        """Mean query and passage :meth:`features` on the built-in reference sample: what
+        an adapter fitted on this model stores, and what finds it again."""
+        from .retrieval.reference import REFERENCE_PASSAGES, REFERENCE_QUESTIONS
+
+        return (self.features(REFERENCE_QUESTIONS, config, True).mean(axis=0),
+                self.features(REFERENCE_PASSAGES, config, False).mean(axis=0))
+
+    def adapter_for(self, config: EmbeddingConfig) -> EmbeddingAdapter | None:
+        """The embedding adapter ``config`` maps through on this model (None: none applies)."""
+        return self._space(config).adapter if config.center else None
 
     def _raw(
         self,
@@ -186,6 +226,7 @@ class Embedder:
         config: EmbeddingConfig,
         is_query: bool,
         progress: Progress | None = None,
+        features: bool = False,
     ) -> np.ndarray:
         prefix = config.query_instruction if is_query else ""
         if self._encode is None:
@@ -199,7 +240,8 @@ class Embedder:
         for batch in chunked(order, config.batch_size):
             states = self._run_batch([seqs[i].ids for i in batch])
             for i, state in zip(batch, states, strict=True):
-                vectors[i] = pool(state, seqs[i], config.pooling)
+                vectors[i] = (adapter_features(state, seqs[i]) if features
+                              else pool(state, seqs[i], config.pooling))
             if progress is not None:
                 progress(len(batch))
         return np.stack(vectors).astype(np.float32)
@@ -235,19 +277,45 @@ class Embedder:
             rows.append(pool(state, EmbeddingSequence((), 0, len(state)), config.pooling))
         return np.stack(rows).astype(np.float32)
 
-    def _reference_means(self, config: EmbeddingConfig) -> tuple[np.ndarray, np.ndarray]:
-        """Mean raw query and passage vectors on the built-in sample, once per config."""
-        key = config.vector_key()
+    def _space(self, config: EmbeddingConfig) -> _Space:
+        """Centring means (and the adapter, if one fits) of ``config``, once per config.
+
+        Means are taken on the built-in reference sample. With ``config.adapter`` and
+        PromptEOL, the means of the adapter's features are the model's fingerprint: a
+        matching adapter is looked up by them; without one, the last-token half is kept.
+        """
+        key = (*config.vector_key(), config.adapter)
         with self._lock:
-            if key not in self._centres:
+            if key not in self._spaces:
+                from .retrieval.adapter import find_adapter
                 from .retrieval.reference import REFERENCE_PASSAGES, REFERENCE_QUESTIONS
 
-                raw = config.model_copy(update={"truncate": True})
-                self._centres[key] = (
-                    self._raw(REFERENCE_QUESTIONS, raw, True).mean(axis=0),
-                    self._raw(REFERENCE_PASSAGES, raw, False).mean(axis=0),
-                )
-            return self._centres[key]
+                features = (config.adapter and config.strategy == "prompteol"
+                            and self._encode is not None)
+                if features:
+                    query_mean, passage_mean = self.fingerprint(config)
+                    adapter = find_adapter(query_mean, passage_mean, self._adapter_dirs)
+                    if adapter is None:
+                        half = query_mean.shape[0] // 2  # adapter_features: pooled state first
+                        query_mean, passage_mean = query_mean[:half], passage_mean[:half]
+                else:
+                    raw = config.model_copy(update={"truncate": True})
+                    query_mean = self._raw(REFERENCE_QUESTIONS, raw, True).mean(axis=0)
+                    passage_mean = self._raw(REFERENCE_PASSAGES, raw, False).mean(axis=0)
+                    adapter = None
+                if adapter is not None:
+                    logger.info("embedding: adapter %s fits this model", adapter.name)
+                self._spaces[key] = _Space(query_mean, passage_mean, adapter)
+            return self._spaces[key]
+
+
+@dataclass(frozen=True, slots=True)
+class _Space:
+    """Where one embedding configuration's vectors live on one model."""
+
+    query_mean: np.ndarray
+    passage_mean: np.ndarray
+    adapter: EmbeddingAdapter | None
 
 
 def chunked(order: Sequence[int], size: int) -> list[list[int]]:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .cache import cache_dir
 from .chat import ChatRenderer, Message, normalize_messages
 from .config import EmbeddingConfig, RuntimeConfig, SamplingParams
 from .conversation import Conversation, Turn
@@ -113,6 +114,7 @@ class RKLLMModel:
             self.hidden_states,
             config.max_context_len,
             self._eos_ids() if has_tokenizer else (),
+            adapter_dirs=(cache_dir() / "adapters",),
         )
         self._closed = False
         self._close_lock = threading.Lock()
@@ -478,7 +480,8 @@ class RKLLMModel:
         progress: Callable[[int], object] | None = None,
         **overrides: Any,
     ) -> np.ndarray:
-        """Embeddings of ``texts``, shape (n, hidden), float32.
+        """Embeddings of ``texts``, shape (n, dim), float32: dim is the hidden size, or the
+        output size of the model's embedding adapter when one applies.
 
         ``overrides`` are :class:`EmbeddingConfig` fields (strategy, pooling, normalize,
         query_instruction, batch_size …). ``is_query`` prefixes the query instruction.
@@ -490,8 +493,16 @@ class RKLLMModel:
                 raise ConfigError(f"text {index} is {type(text).__name__}, not str")
             require_text(text, f"text {index}")
         if not items:
-            return np.zeros((0, self.info.hidden_size or 0), dtype=np.float32)
+            adapter = self._embedder.adapter_for(cfg)
+            dim = adapter.matrix.shape[1] if adapter is not None else self.info.hidden_size
+            return np.zeros((0, dim or 0), dtype=np.float32)
         return self._embedder.embed(items, cfg, is_query, progress)
+
+    @property
+    def embedder(self) -> Embedder:
+        """The model's :class:`~rkllm_core.embeddings.Embedder` (features and fingerprint for
+        fitting an embedding adapter: benchmarks/fit_embedding_adapter.py)."""
+        return self._embedder
 
     def _eos_ids(self) -> list[int]:
         eos = self.info.eos_token
