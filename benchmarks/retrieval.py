@@ -30,7 +30,8 @@ from minilm import minilm
 from retrieval_sets import QASet, load_sets
 
 from rkllm_core import RKLLMModel, RuntimeConfig
-from rkllm_core.retrieval import LexicalIndex, hybrid_search
+from rkllm_core.retrieval import LexicalIndex, hybrid_search, reciprocal_rank_fusion
+from rkllm_core.retrieval.hybrid import FUSION_K
 
 PREVIOUS_DEFAULT = {"strategy": "prompteol", "center": False,
                     "query_instruction": "Find the passage that answers this question: "}
@@ -122,16 +123,19 @@ def run_set(qa: QASet, models: list[str], encoder: Callable | None, args: argpar
             add(label, f"hybrid: BM25 + dense (RRF, top {args.fetch_k} each)", hybrid,
                 on_subset=True)
             start = time.perf_counter()
-            reranked = []
+            reranked, blended = [], []
             for i in subset:
-                top = hybrid_search(qa.questions[i], qa.passages, lexical,
-                                    lambda _q, n, row=dense[i]: row[:n], k=args.fetch_k,
-                                    fetch_k=args.fetch_k, reranker=model)
-                head = [r.index for r in top]
-                reranked.append(head + [j for j in hybrid[i] if j not in head])
+                candidates = hybrid[i][: args.fetch_k]
+                order = [candidates[r.index] for r in model.rerank(
+                    qa.questions[i], [qa.passages[j] for j in candidates])]
+                reranked.append(order + hybrid[i][args.fetch_k :])
+                mixed = [j for j, _ in reciprocal_rank_fusion([candidates, order], k=FUSION_K)]
+                blended.append(mixed + hybrid[i][args.fetch_k :])
             per_candidate = (time.perf_counter() - start) / (len(subset) * args.fetch_k)
             add(label, f"default RAG: hybrid + rerank top {args.fetch_k}", reranked,
                 f"{per_candidate * 1000:.0f} ms/candidate", on_subset=True)
+            add(label, f"hybrid + rerank top {args.fetch_k}, fused with hybrid", blended,
+                on_subset=True)
 
 
 def main() -> None:
