@@ -107,3 +107,22 @@ def test_long_text_is_refused_or_cut_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="rkllm_core.embeddings"):
         cut = model.embed(["short", long_text], max_tokens=window, truncate=True)
     assert cut.shape[0] == 2 and "cut to the 128-token window" in caplog.text
+
+
+def test_the_demo_model_embeds_through_its_adapter(model: RKLLMModel, chunks: Any) -> None:
+    adapter = model.embedder.adapter_for(model.embedding_config)
+    assert adapter is not None and adapter.name == "smollm2"
+    texts = [text for _, text in chunks]
+    docs = model.embed(texts)
+    assert docs.shape == (len(texts), adapter.matrix.shape[1])
+    np.testing.assert_allclose(np.linalg.norm(docs, axis=1), 1.0, rtol=1e-5)
+    bare = model.embed(texts, adapter=False)
+    assert bare.shape == (len(texts), model.info.hidden_size)
+    # on real licence text, dense retrieval alone finds the answering chunk, and ranks it
+    # higher through the adapter than without it
+    target = _endorse_chunk(chunks)
+    rank = int((np.argsort(-(model.embed(QUESTION, is_query=True) @ docs.T)[0]) == target)
+               .nonzero()[0][0])
+    bare_rank = int((np.argsort(-(model.embed(QUESTION, is_query=True, adapter=False)
+                                  @ bare.T)[0]) == target).nonzero()[0][0])
+    assert rank < 3 and rank <= bare_rank
