@@ -2,10 +2,10 @@
 
 Splits a folder of .txt / .md files into chunks of about 160 tokens (LangChain's own splitter,
 counting the model's tokens), indexes them with rkllm-py's default retrieval (BM25 and
-hidden-state embeddings fused by reciprocal rank, then reranked by the model's logits:
-benchmarks/retrieval.py measures it), and streams an answer from ``ChatRKLLM``. The retrieved
-chunks are fitted to the context window by token count. One model in memory serves the
-embeddings, the reranker and the chat model.
+hidden-state embeddings, mapped through the model's embedding adapter, fused by reciprocal
+rank: benchmarks/retrieval.py measures it; ``--rerank`` adds the logits reranker), and streams
+an answer from ``ChatRKLLM``. The retrieved chunks are fitted to the context window by token
+count. One model in memory serves the embeddings, the reranker and the chat model.
 
     python examples/langchain_rag.py --question "Who built the Amber Span?"
     python examples/langchain_rag.py --docs /usr/share/common-licenses --question "..."
@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", type=int, default=2, help="chunks given to the model")
     parser.add_argument("--chunk-tokens", type=int, default=160, help="tokens per chunk")
     parser.add_argument("--max-tokens", type=int, default=64, help="answer length cap")
-    parser.add_argument("--no-rerank", action="store_true", help="skip the logits reranker")
+    parser.add_argument("--rerank", action="store_true",
+                        help="also rerank by the model's logits (slower; see README figures)")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     chunks = splitter.split_documents(docs)
     retriever = RKLLMHybridRetriever.from_documents(
         chunks, RKLLMEmbeddings(model=args.model, show_progress=True), k=args.k,
-        reranker=None if args.no_rerank else RKLLMReranker(model=args.model),
+        reranker=None if not args.rerank else RKLLMReranker(model=args.model),
     )
 
     # the context gets what the window has left after the prompt and the answer

@@ -4,8 +4,9 @@
     python examples/llamaindex_rag.py --docs my_notes/ --question "..." --model model.rkllm
 
 Chunks of about 160 tokens (LlamaIndex's SentenceSplitter counting the model's tokens) are
-retrieved with rkllm-py's default pipeline: BM25 and hidden-state embeddings fused by reciprocal
-rank, then reranked by the model's logits (benchmarks/retrieval.py measures it). The retrieved
+retrieved with rkllm-py's default pipeline: BM25 and hidden-state embeddings (through the model's
+embedding adapter) fused by reciprocal rank (benchmarks/retrieval.py measures it; ``--rerank``
+adds the logits reranker). The retrieved
 chunks are fitted to the context window by token count, and an answer cut by --max-tokens is
 marked as cut. The same script runs on a PC (GGUF / Hugging Face models, PC engine) and on an
 RK3588/RK3576 board (``.rkllm`` files, NPU engine); one model in memory serves all three roles.
@@ -43,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=2, help="source nodes given to the LLM")
     parser.add_argument("--max-tokens", type=int, default=96, help="answer length cap")
     parser.add_argument("--chunk-size", type=int, default=160, help="tokens per node")
-    parser.add_argument("--no-rerank", action="store_true", help="skip the logits reranker")
+    parser.add_argument("--rerank", action="store_true",
+                        help="also rerank by the model's logits (slower; see README figures)")
     return parser.parse_args(argv)
 
 
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"indexed {len(documents)} documents as {len(nodes)} nodes in {seconds:.1f} s")
     retriever = RKLLMHybridRetriever(
         index, nodes, k=args.top_k,
-        reranker=None if args.no_rerank else RKLLMRerank(model=model),
+        reranker=None if not args.rerank else RKLLMRerank(model=model),
     )
 
     found = retriever.retrieve(args.question)

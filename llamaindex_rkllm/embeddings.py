@@ -92,8 +92,8 @@ class RKLLMEmbedding(EmbeddingFields, BaseEmbedding):  # type: ignore[misc,valid
 
     @property
     def dimension(self) -> int | None:
-        """Length of the vectors (the model's hidden size), when known."""
-        return self._model.info.hidden_size
+        """Length of the vectors (the hidden size, or the embedding adapter's), when known."""
+        return self._model.embedding_dimension(self.embedding_config)
 
     # --- sync -------------------------------------------------------------------------------
 

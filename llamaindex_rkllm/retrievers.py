@@ -1,4 +1,4 @@
-"""RKLLMHybridRetriever: BM25 and dense retrieval fused, then reranked by the model."""
+"""RKLLMHybridRetriever: BM25 and dense retrieval fused (optionally reranked by the model)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ class RKLLMHybridRetriever(BaseRetriever):
     """The default RAG retrieval of rkllm-py for LlamaIndex.
 
     BM25 over the nodes and the index's vector retriever each propose ``fetch_k``
-    candidates; reciprocal rank fusion merges them and the reranker (when given) keeps the
-    ``k`` most relevant by the model's logits: the same core function as LangChain's
-    :class:`langchain_rkllm.RKLLMHybridRetriever`.
+    candidates and reciprocal rank fusion merges them; a reranker (optional) reorders them by
+    the model's logits, fused again with the first stage: the same core function as
+    LangChain's :class:`langchain_rkllm.RKLLMHybridRetriever`.
 
     >>> index = VectorStoreIndex(nodes, embed_model=RKLLMEmbedding(model="smollm2"))
     >>> retriever = RKLLMHybridRetriever(index, nodes, reranker=RKLLMRerank(model="smollm2"))

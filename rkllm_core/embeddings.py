@@ -281,8 +281,9 @@ class Embedder:
         """Centring means (and the adapter, if one fits) of ``config``, once per config.
 
         Means are taken on the built-in reference sample. With ``config.adapter`` and
-        PromptEOL, the means of the adapter's features are the model's fingerprint: a
-        matching adapter is looked up by them; without one, the last-token half is kept.
+        PromptEOL, the means of the adapter's features (without a query instruction) are the
+        model's fingerprint: a matching adapter is looked up by them; without one, the
+        last-token half is kept.
         """
         key = (*config.vector_key(), config.adapter)
         with self._lock:
@@ -293,8 +294,13 @@ class Embedder:
                 features = (config.adapter and config.strategy == "prompteol"
                             and self._encode is not None)
                 if features:
-                    query_mean, passage_mean = self.fingerprint(config)
+                    # the fingerprint names the model, whatever the query instruction; the
+                    # queries are still centred on their own (instructed) mean
+                    query_mean, passage_mean = self.fingerprint(
+                        config.model_copy(update={"query_instruction": ""}))
                     adapter = find_adapter(query_mean, passage_mean, self._adapter_dirs)
+                    if config.query_instruction:
+                        query_mean = self.features(REFERENCE_QUESTIONS, config, True).mean(axis=0)
                     if adapter is None:
                         half = query_mean.shape[0] // 2  # adapter_features: pooled state first
                         query_mean, passage_mean = query_mean[:half], passage_mean[:half]

@@ -493,10 +493,17 @@ class RKLLMModel:
                 raise ConfigError(f"text {index} is {type(text).__name__}, not str")
             require_text(text, f"text {index}")
         if not items:
-            adapter = self._embedder.adapter_for(cfg)
-            dim = adapter.matrix.shape[1] if adapter is not None else self.info.hidden_size
-            return np.zeros((0, dim or 0), dtype=np.float32)
+            return np.zeros((0, self.embedding_dimension(cfg) or 0), dtype=np.float32)
         return self._embedder.embed(items, cfg, is_query, progress)
+
+    def embedding_dimension(
+        self, config: EmbeddingConfig | None = None, **overrides: Any
+    ) -> int | None:
+        """Length of the vectors :meth:`embed` returns under this configuration: the output
+        size of the model's embedding adapter when one applies, else the hidden size."""
+        cfg = (config or self.embedding_config).with_overrides(overrides)
+        adapter = self._embedder.adapter_for(cfg)
+        return int(adapter.matrix.shape[1]) if adapter is not None else self.info.hidden_size
 
     @property
     def embedder(self) -> Embedder:

@@ -1,4 +1,5 @@
-"""The default RAG retrieval: BM25 and dense rankings fused by reciprocal rank, then reranked.
+"""The default RAG retrieval: BM25 and dense rankings fused by reciprocal rank (optionally
+reranked by the model's logits).
 
 Both frameworks' hybrid retrievers call :func:`hybrid_search`, so a LangChain app and a
 LlamaIndex app over the same chunks retrieve the same ones. The dense ranking comes from the
@@ -49,10 +50,10 @@ def hybrid_search(
     fetch_k: int = DEFAULT_FETCH_K,
     reranker: Reranker | None = None,
 ) -> list[Ranked]:
-    """The ``k`` best of ``texts`` for ``query``: fused first-stage candidates, reranked.
+    """The ``k`` best of ``texts`` for ``query``: BM25 and dense rankings fused, and, with a
+    ``reranker``, its order over the first ``fetch_k`` fused again with the first stage's.
 
-    Scores are the reranker's (mean log-probability of the query) when it runs, else the
-    fused reciprocal-rank scores.
+    Scores are reciprocal-rank scores (higher is better).
     """
     if k < 1 or fetch_k < k:
         raise ConfigError(f"need 1 <= k <= fetch_k, got k={k}, fetch_k={fetch_k}")
@@ -70,5 +71,10 @@ def hybrid_search(
     candidates = [index for index, _ in fused[:fetch_k]]
     if reranker is None:
         return [Ranked(index, score) for index, score in fused[:k]]
-    ranked = reranker.rerank(query, [texts[i] for i in candidates], top_n=k)
-    return [Ranked(candidates[r.index], r.score) for r in ranked]
+    # the reranker's order is fused with the first stage's rather than replacing it: on the
+    # tuning set (python-faq, 30 questions) the reranker alone lowered recall@1 from 0.70 to
+    # 0.67, fused with the first stage it raised it to 0.77
+    ranked = reranker.rerank(query, [texts[i] for i in candidates])
+    order = [candidates[r.index] for r in ranked]
+    blended = reciprocal_rank_fusion([candidates, order], k=FUSION_K)
+    return [Ranked(index, score) for index, score in blended[:k]]

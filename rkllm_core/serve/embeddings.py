@@ -38,15 +38,17 @@ async def embeddings(request: Request) -> Any:
     body = parse_body(raw, EmbeddingRequest)
     model = state.ready_model(body.model)
     texts = _embedding_texts(body.input)
-    hidden = model.info.hidden_size
-    if body.dimensions is not None and body.dimensions != hidden:
-        raise bad_request(
-            f"dimensions={body.dimensions} is not available: this model's embeddings have"
-            f" {hidden} dimensions", param="dimensions",
-        )
     overrides: dict[str, Any] = {}
     if state.config.embeddings != "default":
         overrides["strategy"] = state.config.embeddings
+    if body.dimensions is not None:
+        # the first call may embed the model's reference sample: off the event loop
+        size = await asyncio.to_thread(model.embedding_dimension, None, **overrides)
+        if body.dimensions != size:
+            raise bad_request(
+                f"dimensions={body.dimensions} is not available: this model's embeddings have"
+                f" {size} dimensions", param="dimensions",
+            )
     is_query = body.input_type == "query"
     ticket = state.admission.acquire()
 

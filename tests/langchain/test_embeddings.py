@@ -23,7 +23,7 @@ def test_batched_equals_one_by_one_and_is_normalised(demo_model: Any) -> None:
     emb = RKLLMEmbeddings(model=DEMO_MODEL, batch_size=4)
     batched = np.asarray(emb.embed_documents(DOCS))
     single = np.asarray([emb.embed_documents([d])[0] for d in DOCS])
-    assert batched.shape == (4, demo_model.info.hidden_size)
+    assert batched.shape == (4, demo_model.embedding_dimension())
     np.testing.assert_allclose(batched, single, atol=2e-3)
     np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-4)
     assert emb.client is demo_model is ChatRKLLM(model=DEMO_MODEL).client  # one load

@@ -38,13 +38,13 @@ def test_is_a_base_embedding(embed_model: RKLLMEmbedding) -> None:
     assert isinstance(embed_model, BaseEmbedding)
     assert embed_model.model_name == embed_model.core_model.info.model_name
     assert embed_model.embed_batch_size == DEFAULT_EMBED_BATCH_SIZE
-    assert embed_model.dimension == embed_model.core_model.info.hidden_size
+    assert embed_model.dimension == embed_model.core_model.embedding_dimension()
 
 
-def test_vectors_have_the_hidden_size_and_unit_length(embed_model: RKLLMEmbedding) -> None:
+def test_vectors_have_the_models_dimension_and_unit_length(embed_model: RKLLMEmbedding) -> None:
     vector = embed_model.get_text_embedding(TEXTS[0])
     assert isinstance(vector, list) and all(isinstance(x, float) for x in vector[:5])
-    assert len(vector) == embed_model.core_model.info.hidden_size
+    assert len(vector) == embed_model.dimension
     assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-4)
 
 
@@ -158,7 +158,7 @@ def test_centring_measures_queries_and_passages_from_their_own_means(
     assert embed_model.embedding_config.center  # the default for a generative model
     text = "How long is kelp soaked?"
     raw = RKLLMEmbedding(model=core, center=False, normalize=False)
-    centred = RKLLMEmbedding(model=core, normalize=False)
+    centred = RKLLMEmbedding(model=core, normalize=False, adapter=False)
     passage_shift = np.array(raw.get_text_embedding(text)) - centred.get_text_embedding(text)
     query_shift = np.array(raw.get_query_embedding(text)) - centred.get_query_embedding(text)
     # each side subtracts a constant vector of its own, whatever the text

@@ -48,6 +48,9 @@ def test_a_users_adapter_is_found_and_applied(tiny_model_dir: Path, cache: Path)
         query = model.embed(TEXTS[1], is_query=True, normalize=False)[0]
         np.testing.assert_allclose(query, (features[1] - adapter.query_mean) @ adapter.matrix,
                                    rtol=1e-3, atol=1e-3)
+        # a query instruction changes the query's centre, not which adapter the model has
+        instructed = model.embed(TEXTS[1], is_query=True, query_instruction="Find: ")
+        assert instructed.shape == (1, 8) and not np.allclose(instructed[0], got[1])
 
 
 def test_another_models_adapter_is_never_used(tiny_model_dir: Path, cache: Path) -> None:
@@ -74,21 +77,21 @@ def test_a_broken_user_adapter_is_skipped_with_a_warning(
 def test_malformed_adapter_files_raise_config_errors(tmp_path: Path) -> None:
     bad_shape = tmp_path / "shape.npz"
     np.savez(bad_shape, matrix=np.zeros((4, 2)), query_mean=np.zeros(3), passage_mean=np.zeros(4))
-    with pytest.raises(ConfigError, match="shape.npz is malformed"):
+    with pytest.raises(ConfigError, match=r"shape\.npz is malformed"):
         load_adapter(bad_shape)
     not_finite = tmp_path / "nan.npz"
     np.savez(not_finite, matrix=np.full((4, 2), np.nan), query_mean=np.zeros(4),
              passage_mean=np.zeros(4))
-    with pytest.raises(ConfigError, match="nan.npz is malformed"):
+    with pytest.raises(ConfigError, match=r"nan\.npz is malformed"):
         load_adapter(not_finite)
     missing = tmp_path / "missing.npz"
     np.savez(missing, matrix=np.zeros((4, 2)))
-    with pytest.raises(ConfigError, match="missing.npz cannot be read"):
+    with pytest.raises(ConfigError, match=r"missing\.npz cannot be read"):
         load_adapter(missing)
     pickled = tmp_path / "pickled.npz"
     np.savez(pickled, matrix=np.array([object()]), query_mean=np.zeros(4),
              passage_mean=np.zeros(4))
-    with pytest.raises(ConfigError, match="pickled.npz cannot be read"):
+    with pytest.raises(ConfigError, match=r"pickled\.npz cannot be read"):
         load_adapter(pickled)
 
 

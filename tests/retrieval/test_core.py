@@ -18,6 +18,7 @@ from rkllm_core.retrieval import (
     hybrid_search,
     reciprocal_rank_fusion,
 )
+from rkllm_core.retrieval.hybrid import FUSION_K
 from rkllm_core.retrieval.rerank import ScoredPair, question_logprob, scoring_sequences
 
 
@@ -45,14 +46,17 @@ def test_lexical_index_finds_by_shared_terms_only() -> None:
     assert LexicalIndex([]).top("anything", 3) == []
 
 
-class _Reverse:
-    """A reranker that prefers longer passages (to see that hybrid_search applies it)."""
+class _Prefers:
+    """A reranker that puts passages with ``word`` first (to see that hybrid_search applies it)."""
+
+    def __init__(self, word: str) -> None:
+        self.word = word
 
     def rerank(
         self, query: str, passages: Sequence[str], *, top_n: int | None = None
     ) -> list[Ranked]:
-        order = sorted(range(len(passages)), key=lambda i: -len(passages[i]))
-        return [Ranked(i, float(len(passages[i]))) for i in order[:top_n]]
+        order = sorted(range(len(passages)), key=lambda i: self.word not in passages[i])
+        return [Ranked(i, -rank) for rank, i in enumerate(order[:top_n])]
 
 
 def test_hybrid_search_fuses_then_reranks_by_original_index() -> None:
@@ -62,9 +66,14 @@ def test_hybrid_search_fuses_then_reranks_by_original_index() -> None:
     dense = lambda query, n: [3, 2, 1, 0][:n]  # noqa: E731 - a fixed dense ranking
     fused = hybrid_search("install packages", texts, lexical, dense, k=2, fetch_k=4)
     assert fused[0].index in (0, 1)  # both lists have it high
-    reranked = hybrid_search("install packages", texts, lexical, dense, k=2, fetch_k=4,
-                             reranker=_Reverse())
-    assert [r.index for r in reranked] == [1, 0]  # the two longest, as indices into texts
+    first = [r.index for r in hybrid_search("install packages", texts, lexical, dense, k=4,
+                                            fetch_k=4)]
+    reranked = hybrid_search("install packages", texts, lexical, dense, k=3, fetch_k=4,
+                             reranker=_Prefers("cats"))
+    preferred = sorted(first, key=lambda i: "cats" not in texts[i])  # as indices into texts
+    want = reciprocal_rank_fusion([first, preferred], k=FUSION_K)
+    assert [(r.index, r.score) for r in reranked] == want[:3]
+    assert [r.index for r in reranked] != first[:3]  # the reranker changed the order
     with pytest.raises(ConfigError, match="fetch_k"):
         hybrid_search("q", texts, lexical, dense, k=5, fetch_k=4)
     with pytest.raises(ConfigError, match="same texts"):

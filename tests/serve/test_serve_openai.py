@@ -211,7 +211,7 @@ def test_embeddings_match_the_model_default_strategy(server: BackgroundServer,
     reply = api.embeddings.create(model="scripted", input=texts)  # the client asks for base64
     got = np.array([d.embedding for d in reply.data], dtype=np.float32)
     want = model.embed(texts)
-    assert got.shape == (2, model.info.hidden_size)
+    assert got.shape == (2, model.embedding_dimension())
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     assert [d.index for d in reply.data] == [0, 1]
     assert reply.usage.prompt_tokens == sum(len(t) for t in texts)
