@@ -188,7 +188,7 @@ class Embedder:
         progress: Progress | None = None,
     ) -> np.ndarray:
         """Vectors (n, hidden) of ``texts`` under ``config``; ``progress(n)`` is called as
-        each forward batch of n texts is done."""
+        each forward batch of n texts is done (one text per batch by default)."""
         space = self._space(config) if config.center else None
         adapter = space.adapter if space is not None else None
         raw = self._raw(texts, config, is_query, progress, features=adapter is not None)
