@@ -38,7 +38,6 @@ g64 on SmolLM2, whose hidden size 576 rules out g128; g128 on Qwen2.5-Coder-0.5B
 from __future__ import annotations
 
 import argparse
-import copy
 import gzip
 import logging
 import math
@@ -58,8 +57,8 @@ from rkllm_core.toolkit.evaluate import (
     load_corpus,
     perplexity,
     tokenize_corpus,
+    with_activation_mode,
 )
-from rkllm_core.toolkit.quant.qlinear import QuantLinear
 
 CONFIGS = [
     "float",
@@ -178,10 +177,7 @@ def run_model(name: str, args: argparse.Namespace) -> None:
                 continue
             key = f"{cfg.dtype}:{cfg.algorithm}:{cfg.optimization_level}"
             if cfg.activation_mode != "static" and key in static:
-                model = copy.deepcopy(static[key])
-                for m in model.modules():
-                    if isinstance(m, QuantLinear) and m.act_mode == "static":
-                        m.use_dynamic_activations(cfg.activation_mode)
+                model = with_activation_mode(static[key], cfg.activation_mode)
             else:
                 model = build(llm, cfg, dataset, kwargs)
                 if isinstance(model, str):

@@ -196,6 +196,20 @@ class TableRow:
     seconds: float = 0.0
 
 
+def with_activation_mode(static_build: Any, activation_mode: str) -> Any:
+    """A copy of a static-activation build whose quantized layers use ``activation_mode``:
+    the weights do not depend on the activation mode, so they are not built again."""
+    import copy
+
+    from .quant.qlinear import QuantLinear
+
+    model = copy.deepcopy(static_build)
+    for module in model.modules():
+        if isinstance(module, QuantLinear) and module.act_mode == "static":
+            module.use_dynamic_activations(activation_mode)
+    return model
+
+
 def perplexity_table(
     llm: Any,
     configs: list[QuantConfig],
@@ -210,10 +224,7 @@ def perplexity_table(
     A dynamic-activation config reuses the weights of the same static build when one was
     made (the weights do not depend on the activation mode), switching only the mode.
     """
-    import copy
     import time
-
-    from .quant.qlinear import QuantLinear
 
     rows: list[TableRow] = []
     static_builds: dict[tuple[str, str, int], Any] = {}
@@ -227,10 +238,7 @@ def perplexity_table(
             else:
                 key = (cfg.dtype, cfg.algorithm, cfg.optimization_level)
                 if cfg.activation_mode != "static" and key in static_builds:
-                    model = copy.deepcopy(static_builds[key])
-                    for m in model.modules():
-                        if isinstance(m, QuantLinear) and m.act_mode == "static":
-                            m.use_dynamic_activations(cfg.activation_mode)
+                    model = with_activation_mode(static_builds[key], cfg.activation_mode)
                 else:
                     try:
                         cfg.build_with(llm, dataset)
