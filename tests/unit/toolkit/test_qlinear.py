@@ -97,3 +97,16 @@ def test_a16_ignores_act_mode_and_static_needs_scale() -> None:
     assert QuantLinear.from_quantized(q, s, "w4a16", act_mode="static").act_mode is None
     with pytest.raises(ValueError, match="act_scale"):
         QuantLinear.from_quantized(q, s, "w8a8", act_mode="static")
+
+
+def test_with_activation_mode_copies_a_static_build_and_switches_only_the_copy() -> None:
+    from rkllm_core.toolkit.evaluate import with_activation_mode
+
+    _, ql, _, _ = _layer("w8a8", act_mode="static", act_scale=0.05)
+    static = torch.nn.Sequential(ql)
+    per_token = with_activation_mode(static, "per_token")
+    assert per_token[0].act_mode == "per_token" and static[0].act_mode == "static"
+    for name, tensor in static.state_dict().items():  # the same weights and scales
+        torch.testing.assert_close(per_token.state_dict()[name], tensor)
+    x = torch.randn(2, 256) * 10
+    assert not torch.allclose(per_token(x), static(x))  # the activation scales differ
