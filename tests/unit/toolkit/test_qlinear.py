@@ -106,7 +106,9 @@ def test_with_activation_mode_copies_a_static_build_and_switches_only_the_copy()
     static = torch.nn.Sequential(ql)
     per_token = with_activation_mode(static, "per_token")
     assert per_token[0].act_mode == "per_token" and static[0].act_mode == "static"
-    for name, tensor in static.state_dict().items():  # the same weights and scales
-        torch.testing.assert_close(per_token.state_dict()[name], tensor)
+    kept = per_token.state_dict()  # the same weights and weight scales (no static act scale)
+    assert kept and "0.act_scale" in static.state_dict()
+    for name, tensor in kept.items():
+        torch.testing.assert_close(tensor, static.state_dict()[name])
     x = torch.randn(2, 256) * 10
     assert not torch.allclose(per_token(x), static(x))  # the activation scales differ
