@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any, Literal
+from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
@@ -13,10 +13,10 @@ from rkllm_core import (
     EmbeddingConfig,
     EmbeddingFields,
     RKLLMModel,
-    RuntimeConfig,
     embedding_overrides,
-    load_shared,
 )
+
+from ._loading import ModelLoading
 
 # LlamaIndex hands _get_text_embeddings this many texts at a time. Larger than the core's
 # forward batch on purpose: the core sorts each call's texts by length before cutting its own
@@ -27,7 +27,7 @@ DEFAULT_EMBED_BATCH_SIZE = 32
 _PROGRESS: ContextVar[Callable[[int], object] | None] = ContextVar("_PROGRESS", default=None)
 
 
-class RKLLMEmbedding(EmbeddingFields, BaseEmbedding):  # type: ignore[misc,valid-type]
+class RKLLMEmbedding(ModelLoading, EmbeddingFields, BaseEmbedding):  # type: ignore[misc,valid-type]
     """Query and document embeddings from the model's last hidden layer.
 
     >>> from llamaindex_rkllm import RKLLMEmbedding
@@ -43,19 +43,6 @@ class RKLLMEmbedding(EmbeddingFields, BaseEmbedding):  # type: ignore[misc,valid
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str = Field(
-        default="smollm2",
-        description="Model file or directory (.rkllm, .gguf, HF dir) or a known demo name.",
-    )
-    backend: Literal["auto", "npu", "pc"] = Field(default="auto")
-    runtime_config: RuntimeConfig | None = Field(
-        default=None,
-        description="Runtime parameters the model is loaded with (None: the defaults, shared).",
-    )
-    context_window: int | None = Field(
-        default=None, gt=0, description="Load with this max_context_len (None: default)."
-    )
-    engine_options: dict[str, Any] = Field(default_factory=dict)
     embed_batch_size: int = Field(default=DEFAULT_EMBED_BATCH_SIZE, gt=0, le=2048)
 
     _model: RKLLMModel = PrivateAttr()
@@ -65,13 +52,7 @@ class RKLLMEmbedding(EmbeddingFields, BaseEmbedding):  # type: ignore[misc,valid
         loaded = model if isinstance(model, RKLLMModel) else None
         name = loaded.info.model_path if loaded is not None else str(model)
         super().__init__(model=name, **kwargs)
-        self._model = loaded or load_shared(
-            self.model,
-            runtime_config=self.runtime_config,
-            max_context_len=self.context_window,
-            backend=self.backend,
-            engine_options=self.engine_options,
-        )
+        self._model = loaded or self._load_core()
         self.model_name = self._model.info.model_name  # short: never a path
         self._overrides = embedding_overrides(self)
         _ = self.embedding_config  # validates the combination once, here

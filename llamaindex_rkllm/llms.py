@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncGenerator, Generator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.llms.generic_utils import (
     messages_to_prompt as generic_messages_to_prompt,
@@ -41,17 +41,16 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection, default_completion_to_prompt
 from llama_index.core.types import PydanticProgramMode
-from pydantic import AliasChoices
 
 from rkllm_core import (
     GenerationResult,
     RKLLMModel,
-    RuntimeConfig,
     SamplingFields,
     SamplingParams,
-    load_shared,
     sampling_defaults,
 )
+
+from ._loading import ModelLoading
 
 if TYPE_CHECKING:
     from llama_index.core.prompts import BasePromptTemplate
@@ -74,7 +73,7 @@ _ROLE_MAP: dict[str, str] = {
 _REPLY_ARGS = ("tools", "tool_choice", "response_format", "timeout")
 
 
-class RKLLM(SamplingFields, FunctionCallingLLM):  # type: ignore[misc,valid-type]
+class RKLLM(ModelLoading, SamplingFields, FunctionCallingLLM):  # type: ignore[misc,valid-type]
     """LlamaIndex LLM for Rockchip RKLLM models (``.rkllm`` on the NPU, GGUF/HF on a PC).
 
     >>> from llamaindex_rkllm import RKLLM
@@ -99,23 +98,6 @@ class RKLLM(SamplingFields, FunctionCallingLLM):  # type: ignore[misc,valid-type
         arbitrary_types_allowed=True,
     )
 
-    model: str = Field(
-        default="smollm2",
-        description="Model file or directory (.rkllm, .gguf, HF dir) or a known demo name.",
-    )
-    backend: Literal["auto", "npu", "pc"] = Field(
-        default="auto", description="'npu' for .rkllm files, 'pc' otherwise ('auto' picks)."
-    )
-    runtime_config: RuntimeConfig | dict[str, Any] | None = Field(
-        default=None,
-        description="Runtime parameters the model is loaded with (None: the defaults, shared).",
-    )
-    max_context_len: int | None = Field(
-        default=None,
-        gt=0,
-        validation_alias=AliasChoices("max_context_len", "context_window"),
-        description="Load with this context window (None: the runtime config's).",
-    )
     stop: list[str] | None = Field(default=None, description="Stop strings (not in output).")
     timeout: float | None = Field(
         default=None,
@@ -129,10 +111,6 @@ class RKLLM(SamplingFields, FunctionCallingLLM):  # type: ignore[misc,valid-type
     generate_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Further SamplingParams fields used on every call."
     )
-    engine_options: dict[str, Any] = Field(
-        default_factory=dict, description="Options for the engine (e.g. tokenizer=<dir>)."
-    )
-
     _model: RKLLMModel | None = PrivateAttr(default=None)
 
     def __init__(self, model: str | RKLLMModel = "smollm2", **kwargs: Any) -> None:
@@ -155,11 +133,7 @@ class RKLLM(SamplingFields, FunctionCallingLLM):  # type: ignore[misc,valid-type
     def core_model(self) -> RKLLMModel:
         """The :class:`rkllm_core.RKLLMModel` (loaded on first access, shared)."""
         if self._model is None or self._model.closed:
-            self._model = load_shared(
-                self.model, runtime_config=self.runtime_config,
-                max_context_len=self.max_context_len, backend=self.backend,
-                engine_options=self.engine_options,
-            )
+            self._model = self._load_core()
         return self._model
 
     @property

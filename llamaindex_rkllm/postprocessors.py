@@ -9,11 +9,13 @@ from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from rkllm_core import RKLLMModel, load_shared
+from rkllm_core import RKLLMModel
 from rkllm_core.retrieval import Ranked
 
+from ._loading import ModelLoading
 
-class RKLLMRerank(BaseNodePostprocessor):
+
+class RKLLMRerank(ModelLoading, BaseNodePostprocessor):
     """Reorders nodes by how likely the model finds the query given each one.
 
     The node's new score is the mean log-probability of the query's tokens after its text
@@ -26,7 +28,6 @@ class RKLLMRerank(BaseNodePostprocessor):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str = Field(default="smollm2", description="Model file or demo name.")
     top_n: int | None = Field(default=3, ge=1, description="Nodes kept (None: all).")
     batch_size: int = Field(default=4, ge=1, description="Nodes scored per forward pass.")
 
@@ -35,7 +36,7 @@ class RKLLMRerank(BaseNodePostprocessor):
     def __init__(self, model: str | RKLLMModel = "smollm2", **kwargs: Any) -> None:
         loaded = model if isinstance(model, RKLLMModel) else None
         super().__init__(model=loaded.info.model_path if loaded else str(model), **kwargs)
-        self._model = loaded or load_shared(self.model)
+        self._model = loaded or self._load_core()
 
     @classmethod
     def class_name(cls) -> str:

@@ -93,3 +93,21 @@ def test_timeout_counts_queue_time(scripted: Any) -> None:
     engine.prefill_s = 0.0
     with pytest.raises(TimeoutError):
         RKLLM(model=model).complete("x", timeout=1e-6)
+
+
+def test_all_three_classes_share_one_model_given_the_same_loading_fields(
+    tiny_model_dir: Any,
+) -> None:
+    """LLM, embeddings and reranker declare the loading fields once; the same fields load
+    one shared copy, a different window another (the reranker used to ignore them)."""
+    from llamaindex_rkllm import RKLLMEmbedding, RKLLMRerank
+
+    fields = {"model": str(tiny_model_dir), "backend": "pc", "context_window": 192}
+    llm = RKLLM(**fields)
+    embed = RKLLMEmbedding(**fields)
+    rerank = RKLLMRerank(**fields)
+    assert rerank.core_model is embed.core_model is llm.core_model
+    assert rerank.core_model.config.max_context_len == 192
+    other = RKLLMRerank(model=str(tiny_model_dir), backend="pc", max_context_len=160)
+    assert other.core_model is not rerank.core_model
+    assert other.core_model.config.max_context_len == 160
