@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import RuntimeConfig
 from .errors import ConfigError
-from .model import Backend, RKLLMModel, _resolve_model
+from .model import Backend, RKLLMModel, _choose_backend, _resolve_model
 
 _SHARED: dict[tuple, RKLLMModel] = {}
 _SHARED_LOCK = threading.Lock()
@@ -24,14 +24,24 @@ def shared_model(
     backend: Backend = "auto",
     **engine_options: Any,
 ) -> RKLLMModel:
-    """One loaded model per (file, backend, config, engine options) for the whole process."""
+    """One loaded model per (file, backend, config, engine options) for the whole process.
+
+    On the PC engine the options count with the kernels they resolve to: ``RKLLM_PC_KERNELS``
+    included, so a model loaded on one set of kernels is never handed to a caller who gets
+    the other (and ``kernels="torch"`` shares the copy loaded without the option).
+    """
     cfg = config or RuntimeConfig()
     path = _resolve_model(model)
+    options = dict(engine_options)
+    if _choose_backend(path, backend) == "pc":
+        from .pc.kernels import choose_kernels  # torch-free: no torch import on the board
+
+        options["kernels"] = choose_kernels(options.get("kernels"), path)
     key = (
         str(path.resolve()) if path.exists() else str(model),
         backend,
         cfg.model_dump_json(),
-        tuple(sorted((k, repr(v)) for k, v in engine_options.items())),
+        tuple(sorted((k, repr(v)) for k, v in options.items())),
     )
     with _SHARED_LOCK:
         existing = _SHARED.get(key)

@@ -24,12 +24,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Protocol, get_args
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Literal, Protocol, get_args
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only: shared_model resolves kernels on a board without torch
+    import numpy as np
+    import torch
 
 PCKernels = Literal["torch", "llama.cpp"]
 KERNELS_ENV = "RKLLM_PC_KERNELS"
