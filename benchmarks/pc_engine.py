@@ -12,10 +12,12 @@ contender alike; medians and the ratios engine / transformers (and engine / llam
 load average before and after is printed: on a shared machine compare ratios, not absolutes.
 
     .venv/bin/python benchmarks/pc_engine.py [--models smollm2,qwen2.5-coder-0.5b]
-        [--tokens 32] [--rounds 3] [--threads N] [--cpp-threads N]
+        [--tokens 32] [--rounds 3] [--threads N] [--cpp-threads N] [--cpp-batch-threads N]
 
-Threads: torch's default for the torch contenders, llama.cpp's default in the engine (half
-the CPUs) for the llama.cpp ones; on a busy machine llama.cpp with a thread per core stalls.
+Threads: torch's default (or ``--threads``) for the torch contenders, checked to be in force
+when they run; for the llama.cpp ones the engine's (half the CPUs; ``--cpp-threads`` for
+decode steps, ``--cpp-batch-threads`` for prompts), the same counts for llama.cpp itself. On a
+busy machine llama.cpp with a thread per core stalls.
 """
 
 from __future__ import annotations
@@ -103,11 +105,11 @@ class Transformers:
 class LlamaCpp:
     """llama-cpp-python on the GGUF file itself (its own quantized kernels)."""
 
-    def __init__(self, path: str, threads: int) -> None:
+    def __init__(self, path: str, threads: int, batch_threads: int) -> None:
         from llama_cpp import Llama
 
         self.llm = Llama(model_path=path, n_ctx=2048, n_threads=threads,
-                         n_threads_batch=threads, verbose=False)  # fmt: skip
+                         n_threads_batch=batch_threads, verbose=False)  # fmt: skip
         self.eos = self.llm.token_eos()
 
     def _stream(self, prompt: list[int], n: int):
@@ -144,7 +146,14 @@ ENGINE, ENGINE_CPP, HF, CPP = ("engine (torch)", "engine (llama.cpp)", "transfor
                                "llama.cpp")  # fmt: skip
 
 
-def bench_model(name: str, tokens: int, rounds: int, threads: int, cpp_threads: int) -> None:
+def bench_model(
+    name: str,
+    tokens: int,
+    rounds: int,
+    threads: int,
+    cpp_threads: int | None,
+    cpp_batch_threads: int | None,
+) -> None:
     config = RuntimeConfig(max_context_len=2048, ignore_eos_token=True)
     engine_model = RKLLMModel(name, config, num_threads=threads, kernels="torch")
     path = engine_model.info.model_path
@@ -152,13 +161,19 @@ def bench_model(name: str, tokens: int, rounds: int, threads: int, cpp_threads: 
     long = engine_model.tokenize(LONG_TEXT, True)[:256]
     models = [engine_model]
     contenders: dict[str, Engine | Transformers | LlamaCpp] = {ENGINE: Engine(engine_model)}
+    cpp_note = ""
     if _has_llama_cpp():
-        cpp_model = RKLLMModel(path, config, num_threads=cpp_threads, kernels="llama.cpp")
+        chosen = {"num_threads": cpp_threads, "batch_threads": cpp_batch_threads}
+        cpp_model = RKLLMModel(path, config, kernels="llama.cpp", **chosen)
         models.append(cpp_model)
         contenders[ENGINE_CPP] = Engine(cpp_model)
+        decode_threads = cpp_model.info.extra["threads"]
+        batch_threads = cpp_model.info.extra["batch_threads"]
+        contenders[CPP] = LlamaCpp(path, decode_threads, batch_threads)
+        cpp_note = f"; llama.cpp threads: {decode_threads} decode, {batch_threads} prompt"
     contenders[HF] = Transformers(load_pretrained(path).model)
-    if _has_llama_cpp():
-        contenders[CPP] = LlamaCpp(path, cpp_threads)
+    # every torch contender on the same pool: loading a model must not have resized it
+    assert torch.get_num_threads() == threads, (torch.get_num_threads(), threads)
     timings = {key: Timings() for key in contenders}
     for contender in contenders.values():  # warm-up
         contender.first_token(chat)
@@ -173,7 +188,8 @@ def bench_model(name: str, tokens: int, rounds: int, threads: int, cpp_threads: 
             t.prefill.append(len(long) / contender.first_token(long))
             t.decode.append(contender.decode(chat, tokens))
     print(f"\n{Path(path).name}: chat prompt {len(chat)} tokens, prefill prompt {len(long)} tokens,"
-          f" {tokens} greedy tokens, median of {rounds} rounds")
+          f" {tokens} greedy tokens, median of {rounds} rounds; torch threads:"
+          f" {torch.get_num_threads()}{cpp_note}")
     print(f"{'':<24}{'TTFT ms':>10}{'prefill tok/s':>16}{'decode tok/s':>14}")
     for key in contenders:
         print(timings[key].row(key))
@@ -185,14 +201,6 @@ def bench_model(name: str, tokens: int, rounds: int, threads: int, cpp_threads: 
         model.close()
     contenders.clear()
     gc.collect()
-
-
-def _cpp_default_threads() -> int:
-    if not _has_llama_cpp():
-        return 0
-    from rkllm_core.pc.llamacpp import default_threads
-
-    return default_threads()
 
 
 def _ratios(label: str, ours: Timings, base: Timings) -> str:
@@ -215,14 +223,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads; default: torch's")  # fmt: skip
     parser.add_argument("--cpp-threads", type=int, default=None,
-                        help="llama.cpp threads; default: the engine's (half the CPUs)")
+                        help="llama.cpp threads for decode steps; default: the engine's"
+                             " (half the CPUs)")
+    parser.add_argument("--cpp-batch-threads", type=int, default=None,
+                        help="llama.cpp threads for prompts; default: --cpp-threads")
     args = parser.parse_args()
     threads = args.threads or torch.get_num_threads()
-    cpp_threads = args.cpp_threads or _cpp_default_threads()
-    print(f"torch {torch.__version__}, {threads} threads; llama.cpp {cpp_threads} threads;"
-          f" before: {_load()}")
+    print(f"torch {torch.__version__}; before: {_load()}")
     for name in args.models.split(","):
-        bench_model(name.strip(), args.tokens, args.rounds, threads, cpp_threads)
+        bench_model(name.strip(), args.tokens, args.rounds, threads, args.cpp_threads,
+                    args.cpp_batch_threads)  # fmt: skip
     print(f"\nafter: {_load()}")
 
 

@@ -60,7 +60,13 @@ class PCEngine:
 
     ``kernels="llama.cpp"`` (GGUF files, the ``[llamacpp]`` extra; or ``RKLLM_PC_KERNELS``)
     runs the forward pass on llama.cpp's quantized kernels instead, behind the same semantics
-    (see :mod:`.kernels`); ``lookahead`` then defaults to 0 (4 with torch).
+    (see :mod:`.kernels`); ``lookahead`` then defaults to 0 (4 with torch). There
+    ``num_threads`` (default: half the CPUs) runs one-token decode steps and ``batch_threads``
+    (default: ``num_threads``) multi-token passes: prompts, logits, hidden states. On an idle
+    machine ``batch_threads=os.cpu_count()`` prefills faster; on a busy one llama.cpp's threads
+    wait for each other at every operation (SmolLM2's 256-token prefill on the loaded 2-CPU
+    test machine: ~105 tokens/s on one thread, ~12 on two). torch runs every pass on its one
+    process-wide pool and ignores ``batch_threads``.
     """
 
     def __init__(
@@ -75,14 +81,19 @@ class PCEngine:
         lookahead: int | None = None,
         reuse_prefix: bool = True,
         kernels: PCKernels | None = None,
+        batch_threads: int | None = None,
     ) -> None:
         if lookahead is not None and lookahead < 0:
             raise ConfigError(f"lookahead must be >= 0 (0 turns guessing off), not {lookahead}")
+        bad_count = isinstance(batch_threads, bool) or not isinstance(batch_threads, int)
+        if batch_threads is not None and (bad_count or batch_threads < 1):
+            raise ConfigError(f"batch_threads must be a whole number >= 1, not {batch_threads!r}")
         self.kernels: PCKernels = choose_kernels(kernels, model)
         # RuntimeConfig.enabled_cpus says how many cores the runtime may use; on the PC that
-        # becomes torch's thread count (pinning would affect the whole process)
+        # becomes torch's thread count (pinning would affect the whole process), or
+        # llama.cpp's: torch's pool, process-wide, is left alone when torch does not compute
         threads = num_threads or config.enabled_cpus_num
-        if threads:
+        if threads and self.kernels == "torch":
             torch.set_num_threads(threads)
         # a LoadedModel is a model already in memory (the toolkit's built model, for chat_model)
         in_memory = isinstance(model, LoadedModel)
@@ -107,6 +118,7 @@ class PCEngine:
                 gguf,
                 n_ctx=config.max_context_len,
                 threads=threads or default_threads(),
+                batch_threads=batch_threads or threads or default_threads(),
                 # only a request's own forward passes stop (not clear_kv_cache's replay)
                 should_abort=lambda: self._abort.is_set() and self._running.is_set(),
             )
@@ -174,6 +186,7 @@ class PCEngine:
                 "dtype": dtype if self.kernels == "torch" else (quantization or "gguf"),
                 "kernels": self.kernels,
                 "decoder": self._decoder_name(),
+                **self._thread_counts(),
             },
         )
         if config.max_context_len > (self.info.context_length or config.max_context_len):
@@ -184,6 +197,14 @@ class PCEngine:
             )
 
     # --- helpers ---------------------------------------------------------------------------
+
+    def _thread_counts(self) -> dict[str, int]:
+        # llama.cpp's own counts (decode steps, multi-token batches); torch has one pool
+        # for the whole process, which anyone may resize, so it is not reported
+        if self.kernels == "llama.cpp":
+            decode, batch = self._decoder.threads  # type: ignore[union-attr]
+            return {"threads": decode, "batch_threads": batch}
+        return {}
 
     def _decoder_name(self) -> str:
         if self.kernels == "llama.cpp":

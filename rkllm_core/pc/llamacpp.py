@@ -88,6 +88,7 @@ class _Context:
         model: Any,
         n_ctx: int,
         threads: int,
+        batch_threads: int,
         *,
         embeddings: bool = False,
         abort: Any = None,
@@ -96,7 +97,8 @@ class _Context:
         params.n_ctx = n_ctx
         params.n_batch = params.n_ubatch = min(_BATCH, n_ctx)
         params.n_seq_max = 1
-        params.n_threads = params.n_threads_batch = threads
+        # llama.cpp runs a one-token batch on n_threads, a longer one on n_threads_batch
+        params.n_threads, params.n_threads_batch = threads, batch_threads
         params.embeddings = embeddings
         if embeddings:  # one hidden state per token, whatever pooling the file declares
             params.pooling_type = lib.LLAMA_POOLING_TYPE_NONE
@@ -200,7 +202,10 @@ class LlamaCppCache:
 
 
 class LlamaCppDecoder:
-    """Forwards tokens through a GGUF model with llama.cpp, one context of ``n_ctx`` positions."""
+    """Forwards tokens through a GGUF model with llama.cpp, one context of ``n_ctx`` positions.
+
+    One-token steps run on ``threads``, longer batches on ``batch_threads`` (default:
+    ``threads``)."""
 
     def __init__(
         self,
@@ -208,6 +213,7 @@ class LlamaCppDecoder:
         *,
         n_ctx: int,
         threads: int,
+        batch_threads: int | None = None,
         should_abort: Callable[[], bool] | None = None,
     ) -> None:
         lib = import_llama_cpp()
@@ -219,6 +225,7 @@ class LlamaCppDecoder:
         self._lib = lib
         self._n_ctx = n_ctx
         self._threads = threads
+        self._batch_threads = batch_threads or threads
         params = lib.llama_model_default_params()
         params.n_gpu_layers = 0  # the CPU kernels: the engine's device is the CPU
         model = lib.llama_model_load_from_file(str(path).encode(), params)
@@ -244,9 +251,18 @@ class LlamaCppDecoder:
 
     def _new_context(self, *, embeddings: bool) -> _Context:
         context = _Context(self._lib, self._model, self._n_ctx, self._threads,
-                           embeddings=embeddings, abort=self._abort_cb)  # fmt: skip
+                           self._batch_threads, embeddings=embeddings,
+                           abort=self._abort_cb)  # fmt: skip
         self._contexts.append(context)
         return context
+
+    @property
+    def threads(self) -> tuple[int, int]:
+        """The threads llama.cpp runs one-token steps and longer batches on (as it reports)."""
+        if self._main is None:
+            raise GenerationError("the llama.cpp decoder is closed")
+        ctx = self._main.ctx
+        return int(self._lib.llama_n_threads(ctx)), int(self._lib.llama_n_threads_batch(ctx))
 
     def new_cache(self, capacity: int) -> LlamaCppCache:
         """The main context's cache (emptied); ``capacity`` must fit its ``n_ctx``."""

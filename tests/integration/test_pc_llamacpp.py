@@ -17,7 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from rkllm_core import ModelClosedError, RKLLMModel, RuntimeConfig, SamplingParams, fetch_model
+from rkllm_core import (
+    ConfigError,
+    ModelClosedError,
+    RKLLMModel,
+    RuntimeConfig,
+    SamplingParams,
+    fetch_model,
+)
 from rkllm_core.engine import EmbedInput, FinishEvent, Request, TokenEvent
 
 pytest.importorskip(
@@ -337,3 +344,54 @@ def test_an_aborted_chunked_forward_leaves_the_cache_as_it_was() -> None:
         np.testing.assert_array_equal(decoder.forward(cache, ids[10:20]).numpy(), resumed)
     finally:
         decoder.close()
+
+
+def test_thread_counts_are_llama_cpps_and_change_no_logit(models: dict[str, RKLLMModel]) -> None:
+    """Decode steps run on ``num_threads`` (default: half the CPUs), multi-token passes on
+    ``batch_threads`` (default: ``num_threads``); neither resizes torch's process-wide pool,
+    and no count changes a logit or a greedy token."""
+    import os
+
+    half = max(1, (os.cpu_count() or 2) // 2)
+    extra = models["llama.cpp"].info.extra
+    assert (extra["threads"], extra["batch_threads"]) == (half, half)
+    before = torch.get_num_threads()
+    other = before + 1  # a count the model is not asked for: a resize would show
+    torch.set_num_threads(other)
+    try:
+        with RKLLMModel(fetch_model("smollm2"), CFG, kernels="llama.cpp", num_threads=1,
+                        batch_threads=2) as split:  # fmt: skip
+            assert torch.get_num_threads() == other
+            assert (split.info.extra["threads"], split.info.extra["batch_threads"]) == (1, 2)
+            text = "The keeper climbed the stairs, trimmed the wick and wound the clockwork"
+            np.testing.assert_array_equal(split.logits(text), models["llama.cpp"].logits(text))
+            ids = [m.generate(PROMPTS[0], max_new_tokens=16, **GREEDY).token_ids
+                   for m in (split, models["llama.cpp"])]  # fmt: skip
+            assert ids[0] == ids[1]
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match="batch_threads must be a whole number >= 1"):
+        RKLLMModel(fetch_model("smollm2"), CFG, kernels="llama.cpp", batch_threads=0)
+
+
+def test_shared_model_follows_the_kernels_variable(
+    models: dict[str, RKLLMModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One shared copy per kernels: RKLLM_PC_KERNELS set after a torch copy was shared gets
+    a llama.cpp model, and naming the kernels it resolves to gives the same copy."""
+    from rkllm_core import shared_model
+    from rkllm_core.pc.kernels import KERNELS_ENV
+
+    path = fetch_model("smollm2")
+    monkeypatch.delenv(KERNELS_ENV, raising=False)
+    on_torch = shared_model(path, CFG)
+    monkeypatch.setenv(KERNELS_ENV, "llama.cpp")
+    on_cpp = shared_model(path, CFG)
+    try:
+        assert on_torch.info.extra["kernels"] == "torch"
+        assert on_cpp.info.extra["kernels"] == "llama.cpp"
+        assert shared_model(path, CFG, kernels="llama.cpp") is on_cpp
+        assert shared_model(path, CFG, kernels="torch") is on_torch
+    finally:
+        on_cpp.close()
+        on_torch.close()
