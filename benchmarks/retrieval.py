@@ -7,7 +7,9 @@ RAG path is the hybrid (BM25 + dense through the model's embedding adapter, fuse
 reciprocal rank). The reranked pipelines (the logits reranker over the first ``--fetch-k``
 candidates, alone or fused with the hybrid order as ``hybrid_search`` does) cost one forward
 pass per candidate, so they run on a fixed, seeded subset of ``--rerank-questions``
-questions, next to the hybrid on the same subset.
+questions, next to the hybrid on the same subset. ``--maxsim`` adds late interaction
+(MaxSim over per-token last-layer states, alone and fused into the hybrid): measured, and
+weaker than the adapted single vector, so not part of any default.
 
     .venv/bin/python benchmarks/retrieval.py [--models smollm2,qwen2.5-coder-0.5b]
 
@@ -52,6 +54,23 @@ def metrics(ranked: list[list[int]], answers: list[int]) -> tuple[float, float, 
 
 def rankings(scores: np.ndarray, depth: int = 20) -> list[list[int]]:
     return [list(np.argsort(-row, kind="stable")[:depth]) for row in scores]
+
+
+def maxsim_scores(model: RKLLMModel, questions: list[str], passages: list[str]) -> np.ndarray:
+    """Late interaction: for each (question, passage), the mean over the question's tokens of
+    the best cosine with a passage token, on the last-layer states of plain runs, each side
+    centred on its own corpus mean (the best of six variants on python-faq)."""
+    def states(texts: list[str]) -> list[np.ndarray]:
+        rows = [np.asarray(model.hidden_states(t), dtype=np.float32) for t in texts]
+        mean = np.concatenate(rows).mean(axis=0)
+        out = []
+        for r in rows:
+            r = r - mean
+            out.append(r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-6))
+        return out
+
+    ps, qs = states(passages), states(questions)
+    return np.array([[float((q @ p.T).max(axis=1).mean()) for p in ps] for q in qs])
 
 
 def words(text: str) -> list[str]:
@@ -118,6 +137,17 @@ def run_set(qa: QASet, models: list[str], encoder: Callable | None, args: argpar
                 q, qa.passages, lexical, lambda _q, n, row=dense[i]: row[:n], k=args.fetch_k,
                 fetch_k=args.fetch_k)] for i, q in enumerate(qa.questions)]
             add(label, f"default RAG: hybrid BM25 + dense (RRF, top {args.fetch_k} each)", hybrid)
+            if args.maxsim:
+                start = time.perf_counter()
+                late = rankings(maxsim_scores(model, qa.questions, qa.passages),
+                                depth=len(qa.passages))
+                per_text = (time.perf_counter() - start) / (len(qa.passages) + len(qa.questions))
+                add(label, "dense: late interaction (MaxSim over token states)", late,
+                    f"{per_text * 1000:.0f} ms/text")
+                fused = [[j for j, _ in reciprocal_rank_fusion(
+                    [bm25[i][: args.fetch_k], dense[i][: args.fetch_k], late[i][: args.fetch_k]],
+                    k=FUSION_K)] for i in range(len(qa.questions))]
+                add(label, "hybrid + late interaction (3-way RRF)", fused)
             if not subset:
                 continue
             add("-", "BM25 (rkllm-py terms)", bm25, on_subset=True)
@@ -145,6 +175,8 @@ def main() -> None:
     parser.add_argument("--rerank-questions", type=int, default=40)
     parser.add_argument("--fetch-k", type=int, default=10)
     parser.add_argument("--no-minilm", action="store_true")
+    parser.add_argument("--maxsim", action="store_true",
+                        help="also late interaction (MaxSim over per-token hidden states)")
     parser.add_argument("--previous", action="store_true",
                         help="also the previous default (PromptEOL + query instruction)")
     args = parser.parse_args()
