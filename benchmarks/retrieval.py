@@ -33,6 +33,7 @@ from minilm import minilm
 from retrieval_sets import QASet, load_sets
 
 from rkllm_core import RKLLMModel, RuntimeConfig
+from rkllm_core.embeddings import l2_normalize
 from rkllm_core.retrieval import LexicalIndex, hybrid_search, reciprocal_rank_fusion
 from rkllm_core.retrieval.hybrid import FUSION_K
 
@@ -63,11 +64,7 @@ def maxsim_scores(model: RKLLMModel, questions: list[str], passages: list[str]) 
     def states(texts: list[str]) -> list[np.ndarray]:
         rows = [np.asarray(model.hidden_states(t), dtype=np.float32) for t in texts]
         mean = np.concatenate(rows).mean(axis=0)
-        out = []
-        for r in rows:
-            r = r - mean
-            out.append(r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-6))
-        return out
+        return [l2_normalize(r - mean) for r in rows]
 
     ps, qs = states(passages), states(questions)
     return np.array([[float((q @ p.T).max(axis=1).mean()) for p in ps] for q in qs])
