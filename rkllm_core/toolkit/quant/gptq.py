@@ -26,6 +26,22 @@ from .formats import QuantDtype, scales_from_threshold
 
 log = logging.getLogger(__name__)
 
+#: Floor of GPTQ's relative dampening of the Hessian diagonal (the GPTQ paper's 1%).
+MIN_DAMP = 0.01
+#: Dampening per input feature per calibration token. A Hessian estimated from n tokens of
+#: width d is noisy in proportion to d / n, and GPTQ fits that noise: on Qwen2.5-Coder-0.5B
+#: w4a16_g128 with the 11.5k built-in tokens, a down projection (d = 4864) quantized at 1%
+#: had 0.65-1.0x round-to-nearest's output error on held-out text (0.1-0.25x on its own
+#: calibration text). Summed over six layers' Linears, the held-out error relative to
+#: rounding was 0.50 at 1%, 0.46 at d/(2n), 0.45 at d/n and 0.448 at 2d/n (chosen).
+DAMP_PER_INPUT_PER_TOKEN = 2.0
+
+
+def auto_damp(in_features: int, tokens: int) -> float:
+    """GPTQ's relative dampening for a Hessian estimated from ``tokens`` inputs of width
+    ``in_features``: more where the estimate is noisier, never below :data:`MIN_DAMP`."""
+    return max(MIN_DAMP, DAMP_PER_INPUT_PER_TOKEN * in_features / max(tokens, 1))
+
 
 class HessianAccumulator:
     """Running ``H = 2/n * sum x x^T`` of a layer's inputs ``x`` [tokens, in]."""
@@ -76,7 +92,7 @@ def gptq_quantize(
     algorithm: str = "normal",
     percentile: float = 99.99,
     block_size: int = 128,
-    damp: float = 0.01,
+    damp: float = MIN_DAMP,
     act_order: bool = False,
     refit_scales: bool = False,
     weighted_clip: bool = False,

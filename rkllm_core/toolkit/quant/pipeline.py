@@ -40,7 +40,7 @@ from .formats import (
     quantize_weight,
     weight_scales,
 )
-from .gptq import HessianAccumulator, gptq_quantize
+from .gptq import HessianAccumulator, auto_damp, gptq_quantize
 from .qlinear import QuantLinear
 from .smoothquant import SmoothGroup, apply_smoothing, find_mlp_pairs
 
@@ -80,8 +80,9 @@ class BuildPlan:
     #: The ``kl_divergence`` clip search of GPTQ's static groups weighs each column's rounding
     #: error by its input energy (the Hessian diagonal) rather than equally.
     weighted_clip: bool | None = None
-    #: GPTQ's relative dampening of the Hessian diagonal
-    damp: float = 0.01
+    #: GPTQ's relative dampening of the Hessian diagonal; None: each layer's from its width
+    #: and the calibration tokens (:func:`.gptq.auto_damp`)
+    damp: float | None = None
 
     @property
     def weight_rule(self) -> str:
@@ -95,6 +96,10 @@ class BuildPlan:
     def refinement(self, value: bool | None) -> bool:
         """A GPTQ refinement's setting: ``value``, or by default on for ``a16`` dtypes."""
         return not self.dtype.quantizes_activations if value is None else value
+
+    def gptq_damp(self, in_features: int, tokens: int) -> float:
+        """GPTQ's relative dampening for a layer of ``in_features`` inputs seen on ``tokens``."""
+        return auto_damp(in_features, tokens) if self.damp is None else self.damp
 
     @property
     def smooth(self) -> bool:
@@ -444,7 +449,7 @@ def sequential_gptq(
                     dt,
                     plan.weight_rule,
                     plan.percentile,
-                    damp=plan.damp,
+                    damp=plan.gptq_damp(lin.in_features, acc[name].n),
                     act_order=plan.act_order,
                     refit_scales=plan.refinement(plan.refit_scales),
                     weighted_clip=plan.refinement(plan.weighted_clip),

@@ -11,7 +11,7 @@ import torch
 
 from rkllm_core.toolkit import RKLLM
 from rkllm_core.toolkit.quant.formats import dequantize_weight, parse_dtype, quantize_weight
-from rkllm_core.toolkit.quant.gptq import HessianAccumulator, gptq_quantize
+from rkllm_core.toolkit.quant.gptq import MIN_DAMP, HessianAccumulator, auto_damp, gptq_quantize
 from rkllm_core.toolkit.quant.pipeline import target_linears
 from rkllm_core.toolkit.quant.smoothquant import smoothing_factors
 
@@ -120,6 +120,42 @@ def test_level1_w4a16_without_dataset_beats_rounding_with_refit_scales(
         moved += int((rtn != layer.scales).sum())
         total += rtn.numel()
     assert moved > 0.9 * total, (moved, total)
+
+
+def test_gptq_damping_grows_with_inputs_per_token(
+    tiny_model_dir: Callable[[str], Path], calib_json: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dampening rule (its quality is measured in benchmarks/quant_ppl.py on held-out
+    text): a floor, more for wider layers and fewer tokens, an explicit value wins, and a
+    level-1 build gives every layer the value for its width and the tokens it was fed."""
+    from rkllm_core.toolkit.quant import pipeline
+    from rkllm_core.toolkit.quant.formats import parse_platform
+    from rkllm_core.toolkit.quant.pipeline import BuildPlan
+
+    assert auto_damp(896, 1_000_000) == MIN_DAMP
+    assert auto_damp(4864, 11_509) > auto_damp(896, 11_509) > MIN_DAMP
+    assert auto_damp(896, 2_000) > auto_damp(896, 11_509)
+    plan = BuildPlan(parse_dtype("w4a16_g32"), "normal", parse_platform("rk3576"), gptq=True)
+    assert plan.gptq_damp(256, 300) == auto_damp(256, 300)
+    plan.damp = 0.05
+    assert plan.gptq_damp(256, 300) == 0.05
+
+    seen: dict[int, float] = {}
+    real = pipeline.gptq_quantize
+
+    def recording(w: torch.Tensor, h: torch.Tensor, *args: Any, **kw: Any) -> Any:
+        seen[w.shape[1]] = kw["damp"]
+        return real(w, h, *args, **kw)
+
+    monkeypatch.setattr(pipeline, "gptq_quantize", recording)
+    llm = RKLLM(strict=True)
+    llm.load_huggingface(str(tiny_model_dir("llama")))
+    llm.build(optimization_level=1, quantized_dtype="w4a16_g32", target_platform="rk3576",
+              num_npu_core=2, dataset=str(calib_json))  # fmt: skip
+    tokens = llm.manifest["calibration"]["tokens"]
+    assert len(seen) >= 2  # the tiny model's layers have at least two input widths
+    for width, damp in seen.items():
+        assert damp == auto_damp(width, tokens), (width, damp, tokens)
 
 
 def test_gptq_refinements_default_to_weight_only_dtypes() -> None:
