@@ -127,9 +127,9 @@ class RKLLM:
         self._built: Any = None  # the quantized (or fp16) model after build()
         self._manifest: dict[str, Any] = {}
         self._device = "cpu"
-        # default calibrations of the loaded model, by (source, tokens, budget): several builds
-        # after one load (a script trying dtypes) tokenize or generate their text once
-        self._default_cals: dict[tuple[str, int, float], Calibration] = {}
+        # default calibrations of the loaded model, by (source, tokens, budget, whole text): several
+        # builds after one load (a script trying dtypes) tokenize or generate their text once
+        self._default_cals: dict[tuple[str, int, float, bool], Calibration] = {}
 
     # ------------------------------------------------------------------ loading
 
@@ -304,8 +304,9 @@ class RKLLM:
         Without a ``dataset``, a build that needs calibration uses ``calibration_source``
         (rkllm-py only; see :mod:`.calibration`): ``builtin`` (the package's own calibration
         text, the default), ``generated`` (text the model writes itself, within
-        ``calibration_budget_s`` seconds) or ``builtin+generated``. As many tokens are used as
-        the build needs: for GPTQ a few per input of the widest layer.
+        ``calibration_budget_s`` seconds) or ``builtin+generated``. GPTQ wants a few tokens
+        per input of the widest layer (weight-only builds take the whole built-in text even
+        past that); static activation ranges alone take fewer.
         """
         import torch
 
@@ -397,7 +398,8 @@ class RKLLM:
             from .calibration import default_calibration, tokens_wanted
 
             wanted = tokens_wanted(targets, gptq)
-            key = (calibration_source, wanted, float(calibration_budget_s))
+            whole = plan.whole_builtin_calibration
+            key = (calibration_source, wanted, float(calibration_budget_s), whole)
             default_cal = self._default_cals.get(key)
             if default_cal is None:
                 default_cal = self._default_cals[key] = default_calibration(
@@ -406,6 +408,7 @@ class RKLLM:
                     wanted,
                     source=calibration_source,
                     budget_s=float(calibration_budget_s),
+                    whole_builtin=whole,
                 )
             log.info("no dataset: calibrating on %s", default_cal.describe())
 

@@ -14,7 +14,9 @@ Two sources, measured against each other in ``benchmarks/quant_ppl.py``:
 - ``builtin+generated``: the built-in text first, then generated text up to the wanted count.
 
 How many tokens: GPTQ wants :data:`~.quant.pipeline.GPTQ_TOKENS_PER_INPUT` per input of the
-widest quantized layer; static activation ranges alone need far fewer
+widest quantized layer at least; for weight-only dtypes it takes the whole built-in text even
+past that (see :attr:`~.quant.pipeline.BuildPlan.whole_builtin_calibration`); generation tops
+up to the wanted count only. Static activation ranges alone need far fewer
 (:data:`STATIC_CALIB_TOKENS`).
 """
 
@@ -371,8 +373,13 @@ def default_calibration(
     tokens_wanted: int,
     source: str = "builtin",
     budget_s: float = GENERATION_BUDGET_S,
+    whole_builtin: bool = False,
 ) -> Calibration:
-    """The calibration sequences for a build without a dataset (see the module docstring)."""
+    """The calibration sequences for a build without a dataset (see the module docstring).
+
+    ``whole_builtin`` takes all of the built-in text even past ``tokens_wanted`` (for GPTQ,
+    whose Hessian estimates steady with every token; generation still only tops up to
+    ``tokens_wanted``)."""
     if source not in SOURCES:
         raise BuildConfigError(
             f"calibration_source must be one of {', '.join(SOURCES)}, not {source!r}"
@@ -381,7 +388,7 @@ def default_calibration(
     cal = Calibration(wanted_tokens=tokens_wanted, source=source)
     if source in ("builtin", "builtin+generated"):
         for seq in builtin_sequences(tokenizer):
-            if cal.builtin_tokens >= tokens_wanted:
+            if cal.builtin_tokens >= tokens_wanted and not whole_builtin:
                 break
             cal.sequences.append(seq)
             cal.builtin_tokens += len(seq)

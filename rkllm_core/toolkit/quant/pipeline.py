@@ -102,6 +102,15 @@ class BuildPlan:
         return auto_damp(in_features, tokens) if self.damp is None else self.damp
 
     @property
+    def whole_builtin_calibration(self) -> bool:
+        """Without a dataset, take all of the built-in calibration text, past the tokens the
+        build wants: for GPTQ on weight-only dtypes, whose Hessians steady with every token
+        (SmolLM2 w4a16 on held-out text: 56% -> 58% of rounding's loss recovered at g64, 44%
+        -> 50% at g32). Not for ``a8``: their static activation ranges moved from +2.9% to
+        +6.1% over float on the tutorial text (+3.8% to +3.4% held out)."""
+        return self.gptq and not self.dtype.quantizes_activations
+
+    @property
     def smooth(self) -> bool:
         return self.optimization_level >= 1 and self.dtype.quantizes_activations
 

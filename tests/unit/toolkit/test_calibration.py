@@ -96,11 +96,16 @@ def test_build_without_dataset_uses_the_builtin_text_as_gptq_needs(
     widest = max(lin.in_features for lin in target_linears(llm.model).values())
     llm.build(quantized_dtype="w4a16", target_platform="rk3576", num_npu_core=2)
     cal = llm.manifest["calibration"]
+    # weight-only GPTQ takes the whole built-in text, past the tokens it wants at least
+    whole = sum(len(s) for s in C.builtin_sequences(llm.tokenizer))
     wanted = GPTQ_TOKENS_PER_INPUT * widest
-    assert wanted <= cal["tokens"] < wanted + C.SEQ_TOKENS
+    assert wanted < whole == cal["tokens"]
     assert cal["default_source"] == "builtin" and cal["generated_tokens"] == 0
     assert cal["builtin_sha256"] == C.builtin_digest() and cal["dataset"] is None
     assert "built-in calibration text" in cal["description"]
+    # with static activation ranges GPTQ keeps to the tokens it wants
+    llm.build(quantized_dtype="w8a8", optimization_level=1)
+    assert wanted <= llm.manifest["calibration"]["tokens"] < wanted + C.SEQ_TOKENS
     # static activation ranges alone (level 0) need fewer tokens than GPTQ's Hessians
     llm.build(quantized_dtype="w8a8", optimization_level=0)
     assert C.STATIC_CALIB_TOKENS <= llm.manifest["calibration"]["tokens"]
